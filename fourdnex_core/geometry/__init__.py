@@ -1,0 +1,1 @@
+"""Geometry: post-optimization, synthetic scenes, point clouds, exports and rendering."""

@@ -1,0 +1,1 @@
+"""Offline loading of Wan2.1 components from diffusers folders and ComfyUI single files."""

@@ -1,0 +1,50 @@
+"""The ``fourdnex`` command line: ``fourdnex SUBCOMMAND ...`` (also ``python -m fourdnex_core``).
+
+Each subcommand lives in its own module of this package and exposes
+``add_parser(subparsers) -> argparse.ArgumentParser`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Subcommand name -> module in this package. Modules are imported only when listed here.
+SUBCOMMANDS = {
+    "generate": "generate",
+    "make-tiny": "make_tiny",
+    "demo": "demo",
+    "postopt": "postopt",
+    "export": "export",
+    "render": "render",
+    "convert-lora": "convert_lora",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fourdnex", description="4DNeX: one image to a dynamic point cloud.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{module_name}":
+                raise
+            continue  # subcommand not built yet
+        subparser = module.add_parser(subparsers)
+        subparser.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"fourdnex {args.command}: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,100 @@
+"""The ``scene.npz`` file: one generated 4D scene, written and read without pickle.
+
+Arrays (F frames of H x W pixels per modality):
+
+============  ==================  ========================================================
+key           shape / dtype       meaning
+============  ==================  ========================================================
+rgb           [F, H, W, 3] uint8  RGB frames
+xyz           [F, H, W, 3] f32    point maps in scene units (first camera's frame)
+depth         [F, H, W] f32       per-pixel depth along the camera z axis (post-opt)
+K             [3, 3] f32          shared intrinsics, OpenCV convention (post-opt)
+cams2world    [F, 4, 4] f32       camera-to-world transforms, OpenCV convention (post-opt)
+mask          [F, H, W] bool      valid points (finite, confident)
+residuals     [F] f32             post-optimization fit error per frame (scene units)
+============  ==================  ========================================================
+
+Only ``rgb`` and ``xyz`` are required; the rest appear once post-optimization has run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+_OPTIONAL = ("depth", "K", "cams2world", "mask", "residuals")
+_DTYPES = {"rgb": np.uint8, "xyz": np.float32, "depth": np.float32, "K": np.float32,
+           "cams2world": np.float32, "mask": np.bool_, "residuals": np.float32}
+
+
+@dataclasses.dataclass
+class Scene:
+    """A generated 4D scene; see the module docstring for shapes."""
+
+    rgb: np.ndarray
+    xyz: np.ndarray
+    depth: np.ndarray | None = None
+    K: np.ndarray | None = None
+    cams2world: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    residuals: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.rgb.ndim != 4 or self.rgb.shape[-1] != 3:
+            raise ValueError(f"Scene.rgb must be [F, H, W, 3], got {tuple(self.rgb.shape)}.")
+        if self.xyz.shape != self.rgb.shape:
+            raise ValueError(
+                f"Scene.xyz {tuple(self.xyz.shape)} must have the shape of Scene.rgb {tuple(self.rgb.shape)}."
+            )
+        frames, height, width, _ = self.rgb.shape
+        expected = {"depth": (frames, height, width), "K": (3, 3), "cams2world": (frames, 4, 4),
+                    "mask": (frames, height, width), "residuals": (frames,)}
+        for key, shape in expected.items():
+            value = getattr(self, key)
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"Scene.{key} must have shape {shape}, got {tuple(value.shape)}.")
+
+    @property
+    def num_frames(self) -> int:
+        return self.rgb.shape[0]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The scene's arrays by key, in their file dtypes, optional ones only when set."""
+        out = {}
+        for key, dtype in _DTYPES.items():
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = np.ascontiguousarray(value, dtype=dtype)
+        return out
+
+
+def save_scene(scene: Scene, path: str | Path) -> Path:
+    """Write ``scene`` to ``path`` (``.npz``, compressed, no pickled objects)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **scene.arrays())
+    return path
+
+
+def load_scene(path: str | Path) -> Scene:
+    """Read a scene written by :func:`save_scene`. Refuses pickled content."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No scene file at {path}. Run `fourdnex generate` first; it writes scene.npz.")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except ValueError as error:
+        raise ValueError(f"{path} is not a valid scene file (it may hold pickled objects): {error}") from error
+    except Exception as error:  # zipfile.BadZipFile, OSError, EOFError
+        raise ValueError(f"{path} could not be read as a scene .npz file ({error}); it may be truncated.") from error
+    missing = [key for key in ("rgb", "xyz") if key not in arrays]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)} array; a scene needs rgb and xyz.")
+    unknown = sorted(set(arrays) - set(_DTYPES))
+    if unknown:
+        raise ValueError(f"{path} holds unknown arrays {unknown}; expected a subset of {sorted(_DTYPES)}.")
+    return Scene(**arrays)

@@ -1,0 +1,121 @@
+"""One image in, RGB frames and XYZ point maps out: the 4DNeX generation pipeline.
+
+Stages, each in its own module: text and image encoding (:mod:`.encoders`), the condition latent
+(:mod:`.conditioning`), the denoising loop (:mod:`.sampler`) and decoding (:mod:`.decode`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .conditioning import encode_condition
+from .decode import decode_wide_latent
+from .encoders import encode_image, encode_prompt, with_pointmap_style
+from .image_io import fit_image, image_to_tensor
+from .representation import check_video_size, xyz_init_map
+from .sampler import Conditioning, SamplingSettings, StepCallback, sample
+
+# Wan2.1's default negative prompt (the one its own generate script uses).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    """rgb: [F, H, W, 3] in [0, 1]; xyz: [F, H, W, 3] scene units; latent: [1, 16, f, h, 2w]."""
+
+    rgb: torch.Tensor
+    xyz: torch.Tensor
+    latent: torch.Tensor
+    prompt: str
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@dataclasses.dataclass
+class FourDNeXPipeline:
+    """The six components of a 4DNeX model set (see :mod:`fourdnex_core.model_set` to load them)."""
+
+    transformer: torch.nn.Module
+    vae: Any
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    image_encoder: torch.nn.Module
+    image_processor: Any
+
+    def encode_text(self, prompt: str, negative_prompt: str | None, *, pointmap_style: bool = True):
+        """UMT5 embeddings [1, 512, text_dim] for the prompt (with the 4DNeX suffix) and the negative prompt."""
+        device, dtype = _device_of(self.text_encoder), self.text_encoder.dtype
+        texts = [with_pointmap_style(prompt, enabled=pointmap_style)]
+        if negative_prompt is not None:
+            texts.append(negative_prompt)
+        embeds = encode_prompt(self.text_encoder, self.tokenizer, texts, device=device, dtype=dtype)
+        negative = embeds[1:2] if negative_prompt is not None else None
+        return embeds[0:1], negative, texts[0]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Image.Image | torch.Tensor,
+        prompt: str = "",
+        *,
+        negative_prompt: str | None = WAN_NEGATIVE_PROMPT,
+        num_frames: int = 49,
+        height: int = 480,
+        width: int = 720,
+        settings: SamplingSettings | None = None,
+        pointmap_style: bool = True,
+        xyz_init: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        on_step: StepCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        progress: bool = True,
+    ) -> GenerationResult:
+        """Generate a 4D scene from one image.
+
+        Args:
+            image: PIL image or ComfyUI IMAGE [1, H, W, 3] in [0, 1]; resized to cover
+                ``height`` x ``width`` and centre-cropped.
+            prompt: text description; " POINTMAP_STYLE." is appended when ``pointmap_style``.
+            negative_prompt: CFG negative (Wan's default); None disables CFG.
+            num_frames, height, width: per modality (the fused video is 2 * width wide).
+            xyz_init: [H, W, 3] first-frame XYZ guess; the sloped plane by default.
+            dtype: transformer compute dtype (defaults to the transformer's parameter dtype).
+        """
+        check_video_size(num_frames, height, width)
+        settings = settings or SamplingSettings()
+        device = _device_of(self.transformer)
+        dtype = dtype or self.transformer.dtype
+
+        prompt_embeds, negative_embeds, used_prompt = self.encode_text(
+            prompt, negative_prompt, pointmap_style=pointmap_style
+        )
+        picture = fit_image(image_to_tensor(image), height, width)  # [3, H, W]
+        image_embeds = encode_image(
+            self.image_encoder, self.image_processor, picture.permute(1, 2, 0)[None],
+            device=_device_of(self.image_encoder), dtype=self.image_encoder.dtype,
+        )
+        init = xyz_init if xyz_init is not None else xyz_init_map(height, width)
+        condition = encode_condition(self.vae, picture, init, num_frames, progress=progress)
+        conditioning = Conditioning(
+            condition=condition,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            image_embeds=image_embeds,
+        )
+        latent = sample(
+            self.transformer, conditioning, settings, dtype=dtype, device=device,
+            on_step=on_step, should_cancel=should_cancel, progress=progress,
+        )
+        decoded = decode_wide_latent(self.vae, latent, progress=progress)
+        return GenerationResult(rgb=decoded.rgb, xyz=decoded.xyz, latent=latent, prompt=used_prompt)

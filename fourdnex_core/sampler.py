@@ -1,0 +1,141 @@
+"""The width-fused image-to-video denoising loop.
+
+The loop sees the transformer only as a callable with ``WanTransformer3DModel``'s forward
+signature, so a block-swap or offload wrapper can stand in for it without touching this file.
+It returns the wide latent; :mod:`fourdnex_core.decode` turns that into RGB and XYZ frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .schedulers import DEFAULT_FLOW_SHIFT, make_scheduler
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+"""Called after every step with (step index starting at 0, total steps, latents [1, 16, f, h, 2w])."""
+
+
+class SamplingCancelled(RuntimeError):
+    """Raised when the ``should_cancel`` hook asks the loop to stop."""
+
+
+@dataclasses.dataclass
+class SamplingSettings:
+    """The sampler's knobs, named as in diffusers' Wan pipelines. Defaults are the release's."""
+
+    num_inference_steps: int = 50
+    guidance_scale: float = 5.0
+    flow_shift: float = DEFAULT_FLOW_SHIFT
+    sampler: str = "unipc"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {self.num_inference_steps}.")
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1.0 disables CFG), got {self.guidance_scale}.")
+
+
+@dataclasses.dataclass
+class Conditioning:
+    """Everything the transformer is conditioned on, for a batch of one.
+
+    condition: [1, 20, f, h, 2w] mask (4 channels) + VAE-encoded condition video (16 channels).
+    prompt_embeds / negative_prompt_embeds: [1, 512, text_dim] UMT5 states (exactly 512 tokens:
+        Wan's image-to-video attention splits the context at 512 text tokens).
+    image_embeds: [1, 257, image_dim] CLIP vision penultimate states.
+    """
+
+    condition: torch.Tensor
+    prompt_embeds: torch.Tensor
+    image_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_embeds", "negative_prompt_embeds"):
+            embeds = getattr(self, name)
+            if embeds is not None and embeds.shape[1] != 512:
+                raise ValueError(
+                    f"{name} must hold exactly 512 tokens (Wan pads text to 512), got {embeds.shape[1]}; "
+                    "encode the prompt with fourdnex_core.encoders.encode_prompt."
+                )
+        if self.condition.ndim != 5:
+            raise ValueError(f"condition must be [1, 20, f, h, 2w], got {tuple(self.condition.shape)}.")
+
+
+def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU from ``seed``: the same on every device."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+def sample(
+    transformer: Callable[..., torch.Tensor],
+    conditioning: Conditioning,
+    settings: SamplingSettings | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    latents: torch.Tensor | None = None,
+    on_step: StepCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Denoise a wide 6D latent with classifier-free guidance.
+
+    Args:
+        transformer: a module with ``WanTransformer3DModel``'s forward (usually a
+            :class:`~fourdnex_core.transformer.FourDNeXTransformer3DModel`).
+        conditioning: condition latent and embeddings.
+        settings: steps, guidance, shift, sampler, seed.
+        dtype: the transformer's compute dtype (fp32 on CPU, bf16 on CUDA).
+        device: where the latents live during the loop.
+        latents: optional starting noise [1, 16, f, h, 2w]; drawn from ``settings.seed`` if None.
+        on_step: progress hook; should_cancel: returns True to stop (raises SamplingCancelled).
+    Returns:
+        The denoised wide latent [1, 16, f, h, 2w], float32, in Wan's normalized latent space
+        (XYZ half still normalized with the 4DNeX statistics).
+    """
+    settings = settings or SamplingSettings()
+    condition = conditioning.condition.to(device=device, dtype=torch.float32)
+    shape = (condition.shape[0], 16, *condition.shape[2:])
+    latents = initial_noise(shape, settings.seed) if latents is None else latents.float()
+    latents = latents.to(device)
+    if tuple(latents.shape) != shape:
+        raise ValueError(f"latents must have shape {shape} to match the condition, got {tuple(latents.shape)}.")
+
+    prompt_embeds = conditioning.prompt_embeds.to(device=device, dtype=dtype)
+    image_embeds = conditioning.image_embeds.to(device=device, dtype=dtype)
+    use_cfg = settings.guidance_scale != 1.0 and conditioning.negative_prompt_embeds is not None
+    negative_embeds = conditioning.negative_prompt_embeds.to(device=device, dtype=dtype) if use_cfg else None
+
+    scheduler = make_scheduler(settings.sampler, settings.flow_shift)
+    scheduler.set_timesteps(settings.num_inference_steps, device=device)
+    timesteps = scheduler.timesteps
+
+    def velocity(model_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return transformer(
+            hidden_states=model_input,
+            timestep=timestep,
+            encoder_hidden_states=text,
+            encoder_hidden_states_image=image_embeds,
+            return_dict=False,
+        )[0]
+
+    for index, t in enumerate(tqdm(timesteps, desc="4DNeX sampling", disable=not progress)):
+        if should_cancel is not None and should_cancel():
+            raise SamplingCancelled(f"Sampling cancelled at step {index + 1} of {len(timesteps)}.")
+        model_input = torch.cat([latents, condition], dim=1).to(dtype)
+        timestep = t.expand(latents.shape[0])
+        prediction = velocity(model_input, timestep, prompt_embeds)
+        if use_cfg:
+            unconditional = velocity(model_input, timestep, negative_embeds)
+            prediction = unconditional + settings.guidance_scale * (prediction - unconditional)
+        latents = scheduler.step(prediction.float(), t, latents, return_dict=False)[0]
+        if on_step is not None:
+            on_step(index, len(timesteps), latents)
+    return latents

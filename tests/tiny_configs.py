@@ -12,3 +12,5 @@ TINY_TRANSFORMER = dict(
     image_dim=24,
     added_kv_proj_dim=24,
 )
+
+TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])

@@ -30,12 +30,17 @@ WAN_NEGATIVE_PROMPT = (
 
 @dataclasses.dataclass
 class GenerationResult:
-    """rgb: [F, H, W, 3] in [0, 1]; xyz: [F, H, W, 3] scene units; latent: [1, 16, f, h, 2w]."""
+    """rgb: [F, H, W, 3] in [0, 1]; xyz: [F, H, W, 3] scene units; latent: [1, 16, f, h, 2w].
+
+    prompt is the text actually encoded (with the suffix); device and dtype those of the transformer.
+    """
 
     rgb: torch.Tensor
     xyz: torch.Tensor
     latent: torch.Tensor
     prompt: str
+    device: str
+    dtype: str
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
@@ -118,4 +123,5 @@ class FourDNeXPipeline:
             on_step=on_step, should_cancel=should_cancel, progress=progress,
         )
         decoded = decode_wide_latent(self.vae, latent, progress=progress)
-        return GenerationResult(rgb=decoded.rgb, xyz=decoded.xyz, latent=latent, prompt=used_prompt)
+        return GenerationResult(rgb=decoded.rgb, xyz=decoded.xyz, latent=latent, prompt=used_prompt,
+                                device=str(device), dtype=str(dtype).removeprefix("torch."))

@@ -29,7 +29,11 @@ def _latent_stats(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tens
 def _progress_per_call(module: nn.Module, total: int, desc: str, enabled: bool) -> Iterator[None]:
     """Tick a progress bar once per forward call of ``module`` (the VAE runs it per frame chunk)."""
     with tqdm(total=total, desc=desc, disable=not enabled) as bar:
-        handle = module.register_forward_hook(lambda *_: bar.update())
+
+        def tick(*_) -> None:  # returns None: the module's output is left as it is
+            bar.update()
+
+        handle = module.register_forward_hook(tick)
         try:
             yield
         finally:

@@ -1,0 +1,142 @@
+"""``fourdnex generate IMAGE --out DIR``: one image to RGB + XYZ videos and a scene file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..image_io import load_image
+from ..model_set import DTYPES, ModelLocations, load_pipeline
+from ..pipeline import WAN_NEGATIVE_PROMPT, GenerationResult
+from ..representation import check_video_size, xyz_to_pixels
+from ..sampler import SamplingSettings
+from ..scene_file import Scene, save_scene
+from ..schedulers import DEFAULT_FLOW_SHIFT, SAMPLERS
+from ..video_io import frame_to_uint8, write_video
+
+VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "peft", "safetensors", "kornia", "numpy")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model-location options shared by the commands that load weights."""
+    group = parser.add_argument_group("model locations (a diffusers folder or a ComfyUI models/ folder)")
+    group.add_argument("--models", type=Path, help="Wan2.1-I2V-14B-480P-Diffusers folder or ComfyUI models/ folder")
+    for name in ("transformer", "vae", "text-encoder", "clip-vision"):
+        group.add_argument(f"--{name}", type=Path, help=f"{name.replace('-', ' ')} file or folder (overrides --models)")
+    group.add_argument("--tokenizer", type=Path, help="UMT5 tokenizer folder, for text-encoder files without one")
+    group.add_argument("--lora", type=Path, help="4DNeX LoRA file, or the released folder "
+                       "(pytorch_lora_weights.safetensors + learnable_domain_embeddings.pt)")
+    group.add_argument("--domain-embeddings", type=Path, help="learnable_domain_embeddings.pt (if not beside the LoRA)")
+    group.add_argument("--lora-strength", type=float, default=1.0,
+                       help="1.0 = the LoRA's training scale (the release's fuse at 0.5)")
+
+
+def model_locations(args: argparse.Namespace) -> ModelLocations:
+    return ModelLocations(
+        models=args.models, transformer=args.transformer, vae=args.vae, text_encoder=args.text_encoder,
+        clip_vision=args.clip_vision, tokenizer=args.tokenizer, lora=args.lora,
+        domain_embeddings=args.domain_embeddings,
+    )
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("generate", help="generate a 4D scene from one image",
+                                   description="Generate RGB and XYZ videos (a 4D scene) from one image.")
+    parser.add_argument("image", type=Path, help="input image (PNG, JPEG, WebP)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    add_model_arguments(parser)
+    add_generation_arguments(parser)
+    return parser
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    """Prompt, size and sampler options (shared with ``fourdnex demo``)."""
+    group = parser.add_argument_group("generation")
+    group.add_argument("--prompt", default="", help="text description of the scene")
+    group.add_argument("--negative-prompt", default=WAN_NEGATIVE_PROMPT, help="CFG negative prompt (Wan's default)")
+    group.add_argument("--no-pointmap-style", action="store_true", help="do not append ' POINTMAP_STYLE.' to the prompt")
+    group.add_argument("--frames", type=int, default=49, help="number of frames, 4k+1 (default 49)")
+    group.add_argument("--height", type=int, default=480, help="frame height per modality, multiple of 16")
+    group.add_argument("--width", type=int, default=720, help="frame width per modality, multiple of 16")
+    group.add_argument("--steps", type=int, default=50, help="denoising steps")
+    group.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (1 disables)")
+    group.add_argument("--seed", type=int, default=42)
+    group.add_argument("--shift", type=float, default=DEFAULT_FLOW_SHIFT, help="flow shift (Wan 480p: 3.0)")
+    group.add_argument("--sampler", choices=SAMPLERS, default="unipc")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
+    group.add_argument("--precision", choices=("auto", *DTYPES), default="auto",
+                       help="auto: bf16 on CUDA, fp32 on CPU")
+    group.add_argument("--fps", type=float, default=24.0, help="frame rate of the written videos")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA, but this torch build sees no GPU; use --device cpu.")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def write_outputs(out: Path, result: GenerationResult, settings: dict, fps: float) -> None:
+    """rgb.mp4, xyz.mp4 (XYZ as colours), scene.npz and run.json in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rgb = result.rgb.cpu()
+    xyz = result.xyz.cpu().float()
+    write_video(out / "rgb.mp4", rgb.numpy(), fps)
+    write_video(out / "xyz.mp4", xyz_to_pixels(xyz).clamp(0, 1).numpy(), fps)
+    save_scene(Scene(rgb=frame_batch_to_uint8(rgb), xyz=xyz.numpy()), out / "scene.npz")
+    (out / "run.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def frame_batch_to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """[F, H, W, 3] floats in [0, 1] -> uint8 array."""
+    return np.stack([frame_to_uint8(frame) for frame in frames.numpy()])
+
+
+def run_settings(args: argparse.Namespace, result: GenerationResult, seconds: float) -> dict:
+    """Every setting of the run plus the versions that made it (run.json)."""
+    settings = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+                if key not in ("handler",)}
+    settings["prompt_used"] = result.prompt
+    settings["device_used"] = result.device
+    settings["precision_used"] = result.dtype
+    settings["seconds"] = round(seconds, 2)
+    versions = {"fourdnex": metadata.version("comfyui-4dnex"), "python": platform.python_version()}
+    versions.update({name: metadata.version(name) for name in VERSIONED_PACKAGES})
+    settings["versions"] = versions
+    return settings
+
+
+def generate(args: argparse.Namespace, locations: ModelLocations) -> GenerationResult:
+    check_video_size(args.frames, args.height, args.width)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.precision, device)
+    image = load_image(args.image)
+    pipeline = load_pipeline(locations, device=device, dtype=dtype, lora_strength=args.lora_strength)
+    settings = SamplingSettings(num_inference_steps=args.steps, guidance_scale=args.cfg, flow_shift=args.shift,
+                                sampler=args.sampler, seed=args.seed)
+    return pipeline(image, args.prompt, negative_prompt=args.negative_prompt or None, num_frames=args.frames,
+                    height=args.height, width=args.width, settings=settings,
+                    pointmap_style=not args.no_pointmap_style)
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    result = generate(args, model_locations(args))
+    write_outputs(args.out, result, run_settings(args, result, time.perf_counter() - start), args.fps)
+    print(f"wrote {args.out}/rgb.mp4, xyz.mp4, scene.npz, run.json ({result.rgb.shape[0]} frames)")
+    return 0

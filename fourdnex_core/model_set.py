@@ -1,0 +1,139 @@
+"""Load a complete 4DNeX model set (Wan2.1 I2V components + the 4DNeX LoRA) into a pipeline.
+
+Every component can come from a diffusers folder (``Wan2.1-I2V-14B-480P-Diffusers``) or from
+the ComfyUI single files users already have (``models/diffusion_models``, ``vae``,
+``text_encoders``, ``clip_vision``); :mod:`.loading.locate` finds them, the loaders in
+:mod:`.loading` read them offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from .loading.clip_vision_loader import load_clip_vision
+from .loading.locate import locate
+from .loading.text_encoder_loader import load_text_encoder
+from .loading.transformer_loader import load_transformer
+from .loading.vae_loader import load_vae
+from .lora import attach_lora, fuse_lora, load_domain_embeddings, read_lora, set_domain_embeddings
+from .pipeline import FourDNeXPipeline
+from .transformer import FourDNeXTransformer3DModel
+
+logger = logging.getLogger(__name__)
+
+RELEASED_LORA_FILE = "pytorch_lora_weights.safetensors"
+RELEASED_DOMAIN_EMBEDDINGS_FILE = "learnable_domain_embeddings.pt"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass
+class ModelLocations:
+    """Where the weights are.
+
+    ``models`` is a diffusers model folder or a ComfyUI ``models/`` folder and serves every
+    component; the per-component fields (a file or folder) override it. ``lora`` is a LoRA file
+    (any supported format) or the released 4DNeX folder holding ``pytorch_lora_weights.safetensors``
+    and ``learnable_domain_embeddings.pt``; ``domain_embeddings`` overrides the embeddings.
+    """
+
+    models: Path | None = None
+    transformer: Path | None = None
+    vae: Path | None = None
+    text_encoder: Path | None = None
+    clip_vision: Path | None = None
+    tokenizer: Path | None = None
+    lora: Path | None = None
+    domain_embeddings: Path | None = None
+
+    def source(self, component: str):
+        """The :class:`~.loading.locate.ModelSource` of ``component``, or a clear error."""
+        path = getattr(self, component) or self.models
+        if path is None:
+            raise FileNotFoundError(
+                f"No location for the {component}: pass a models folder (a diffusers "
+                f"Wan2.1-I2V-14B-480P-Diffusers folder or ComfyUI's models/) or the {component} file itself."
+            )
+        return locate(path, component)
+
+
+def resolve_lora(path: Path, domain_embeddings: Path | None) -> tuple[Path, Path | None]:
+    """A LoRA file and its domain-embeddings file from a file or the released folder layout.
+
+    The released 4DNeX folder has ``pytorch_lora_weights.safetensors`` and, beside it,
+    ``learnable_domain_embeddings.pt``; the latter is picked up automatically when present.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / RELEASED_LORA_FILE
+        if not candidate.is_file():
+            raise FileNotFoundError(
+                f"{path} holds no {RELEASED_LORA_FILE}; pass the LoRA .safetensors file itself or the released "
+                f"4DNeX folder ({RELEASED_LORA_FILE} + {RELEASED_DOMAIN_EMBEDDINGS_FILE})."
+            )
+        path = candidate
+    if not path.is_file():
+        raise FileNotFoundError(f"No LoRA file at {path}.")
+    if domain_embeddings is None and (path.parent / RELEASED_DOMAIN_EMBEDDINGS_FILE).is_file():
+        domain_embeddings = path.parent / RELEASED_DOMAIN_EMBEDDINGS_FILE
+    return path, domain_embeddings
+
+
+def apply_4dnex_lora(
+    transformer: FourDNeXTransformer3DModel,
+    lora: Path,
+    *,
+    domain_embeddings: Path | None = None,
+    strength: float = 1.0,
+    fuse: bool = True,
+):
+    """Apply the 4DNeX LoRA and domain embeddings to ``transformer`` (in place).
+
+    Strength 1.0 is the LoRA's own training scale alpha/rank (for the released LoRA: the
+    release's fuse at 0.5). Returns the fused/attached handle (``.remove()`` undoes the LoRA).
+    """
+    lora_path, embeddings_path = resolve_lora(lora, domain_embeddings)
+    lora_file = read_lora(lora_path, transformer)
+    embeddings = load_domain_embeddings(embeddings_path) if embeddings_path else lora_file.domain_embeddings
+    if embeddings is None:
+        logger.warning(
+            "%s carries no domain embeddings and no %s was found beside it: the RGB and XYZ halves stay "
+            "unmarked and the XYZ output will be poor. Pass the released learnable_domain_embeddings.pt.",
+            lora_path, RELEASED_DOMAIN_EMBEDDINGS_FILE,
+        )
+    else:
+        set_domain_embeddings(transformer, embeddings)
+    apply = fuse_lora if fuse else attach_lora
+    return apply(transformer, list(lora_file.layers), strength)
+
+
+def load_pipeline(
+    locations: ModelLocations,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    lora_strength: float = 1.0,
+    fuse_lora_weights: bool = True,
+) -> FourDNeXPipeline:
+    """Load every component onto ``device`` in ``dtype`` (the VAE stays fp32 on CPU) and apply the LoRA."""
+    transformer = load_transformer(
+        locations.source("transformer"), model_cls=FourDNeXTransformer3DModel, dtype=dtype, device=device
+    )
+    if locations.lora is not None:
+        apply_4dnex_lora(transformer, locations.lora, domain_embeddings=locations.domain_embeddings,
+                         strength=lora_strength, fuse=fuse_lora_weights)
+    else:
+        logger.warning("No 4DNeX LoRA given: running the base Wan2.1 model, whose XYZ half will be meaningless.")
+    vae_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+    vae = load_vae(locations.source("vae"), dtype=vae_dtype, device=device)
+    text_encoder, tokenizer = load_text_encoder(
+        locations.source("text_encoder").path, tokenizer_path=locations.tokenizer, dtype=dtype, device=device
+    )
+    image_encoder, image_processor = load_clip_vision(locations.source("clip_vision").path, dtype=dtype, device=device)
+    return FourDNeXPipeline(
+        transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        image_encoder=image_encoder, image_processor=image_processor,
+    )

@@ -1,0 +1,137 @@
+"""A complete tiny random-weight 4DNeX model set, written in both real layouts.
+
+Everything a real run loads, at toy size and built from configs in seconds: the Wan2.1 I2V
+transformer, the Wan VAE, UMT5 with an offline sentencepiece tokenizer, CLIP vision with its
+processor, and a 4DNeX LoRA in the released format (plus domain embeddings). Written as
+
+* ``diffusers/Wan2.1-I2V-14B-480P-Diffusers/`` (a real diffusers ``WanImageToVideoPipeline``
+  folder) and ``diffusers/4DNeX/`` (``pytorch_lora_weights.safetensors`` +
+  ``learnable_domain_embeddings.pt``, as released);
+* ``comfyui/models/`` with the real ComfyUI file names (``diffusion_models/
+  wan2.1_i2v_480p_14B_bf16.safetensors``, ``vae/wan_2.1_vae.safetensors``,
+  ``text_encoders/umt5_xxl_fp16.safetensors`` with the tokenizer inside, ``clip_vision/
+  clip_vision_h.safetensors``, ``loras/4dnex_lora.safetensors``), so a workflow written for the
+  real weights runs unchanged on these.
+
+Nothing here is committed: ``fourdnex make-tiny DIR`` writes it when needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
+from safetensors.torch import save_file
+from transformers import CLIPVisionModel, UMT5EncoderModel
+
+from .loading.clip_vision_loader import clip_image_processor
+from .loading.encoder_writers import (
+    save_clip_vision_single_file,
+    save_text_encoder_single_file,
+    tiny_clip_vision_config,
+    tiny_text_encoder_config,
+)
+from .loading.single_file_writers import save_transformer_single_file, save_vae_single_file
+from .loading.tokenizer import build_tiny_tokenizer, spiece_bytes
+from .lora import convert_release_lora
+from .model_set import RELEASED_DOMAIN_EMBEDDINGS_FILE, RELEASED_LORA_FILE
+from .schedulers import make_scheduler
+
+logger = logging.getLogger(__name__)
+
+TINY_TRANSFORMER_CONFIG = dict(
+    num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16, text_dim=32, freq_dim=16,
+    ffn_dim=32, num_layers=2, image_dim=24, added_kv_proj_dim=24,
+)
+TINY_VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                       temperal_downsample=[False, True, True])
+TINY_LORA_RANK = 4
+LORA_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+DIFFUSERS_MODEL = "diffusers/Wan2.1-I2V-14B-480P-Diffusers"
+DIFFUSERS_LORA = "diffusers/4DNeX"
+COMFY_MODELS = "comfyui/models"
+COMFY_FILES = {
+    "transformer": "diffusion_models/wan2.1_i2v_480p_14B_bf16.safetensors",
+    "vae": "vae/wan_2.1_vae.safetensors",
+    "text_encoder": "text_encoders/umt5_xxl_fp16.safetensors",
+    "clip_vision": "clip_vision/clip_vision_h.safetensors",
+    "lora": "loras/4dnex_lora.safetensors",
+}
+
+
+@dataclasses.dataclass
+class TinyModelSet:
+    """Paths of a written tiny set (see the module docstring)."""
+
+    root: Path
+
+    @property
+    def diffusers_model(self) -> Path:
+        return self.root / DIFFUSERS_MODEL
+
+    @property
+    def diffusers_lora(self) -> Path:
+        return self.root / DIFFUSERS_LORA
+
+    @property
+    def comfy_models(self) -> Path:
+        return self.root / COMFY_MODELS
+
+    @property
+    def comfy_lora(self) -> Path:
+        return self.comfy_models / COMFY_FILES["lora"]
+
+
+def _random_release_lora(transformer: WanTransformer3DModel, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A LoRA on the attention projections, keyed as diffusers' ``save_lora_weights`` writes it (no alpha)."""
+    tensors = {}
+    for name, module in transformer.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGETS):
+            down = torch.randn(TINY_LORA_RANK, module.in_features, generator=generator) / module.in_features**0.5
+            up = torch.randn(module.out_features, TINY_LORA_RANK, generator=generator) * 0.5
+            tensors[f"transformer.{name}.lora_A.weight"] = down
+            tensors[f"transformer.{name}.lora_B.weight"] = up
+    return tensors
+
+
+def make_tiny_models(root: str | Path, *, seed: int = 0) -> TinyModelSet:
+    """Build the tiny random-weight set and write it in both layouts under ``root``."""
+    tiny = TinyModelSet(Path(root))
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
+    vae = AutoencoderKLWan(**TINY_VAE_CONFIG).eval()
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer = build_tiny_tokenizer(scratch, seed=seed)
+        sentencepiece_model = spiece_bytes(scratch)
+    text_encoder = UMT5EncoderModel(tiny_text_encoder_config(vocab_size=len(tokenizer))).eval()
+    image_encoder = CLIPVisionModel(tiny_clip_vision_config()).eval()
+    image_processor = clip_image_processor(image_encoder.config.image_size)
+
+    WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,
+        image_processor=image_processor, transformer=transformer, vae=vae, scheduler=make_scheduler("unipc"),
+    ).save_pretrained(tiny.diffusers_model)
+    (tiny.diffusers_model / "tokenizer" / "spiece.model").write_bytes(sentencepiece_model)  # as in the real folder
+
+    tiny.diffusers_lora.mkdir(parents=True, exist_ok=True)
+    save_file(_random_release_lora(transformer, generator), tiny.diffusers_lora / RELEASED_LORA_FILE)
+    inner_dim = TINY_TRANSFORMER_CONFIG["num_attention_heads"] * TINY_TRANSFORMER_CONFIG["attention_head_dim"]
+    torch.save(torch.randn(2, inner_dim, generator=generator) * 0.5,
+               tiny.diffusers_lora / RELEASED_DOMAIN_EMBEDDINGS_FILE)
+
+    models = tiny.comfy_models
+    save_transformer_single_file(transformer, models / COMFY_FILES["transformer"], dtype=torch.bfloat16, prefix=True)
+    save_vae_single_file(vae, models / COMFY_FILES["vae"])
+    save_text_encoder_single_file(text_encoder, sentencepiece_model, models / COMFY_FILES["text_encoder"], dtype=torch.float16)
+    save_clip_vision_single_file(image_encoder, models / COMFY_FILES["clip_vision"], dtype=torch.float16)
+    tiny.comfy_lora.parent.mkdir(parents=True, exist_ok=True)
+    convert_release_lora(tiny.diffusers_lora / RELEASED_LORA_FILE,
+                         tiny.diffusers_lora / RELEASED_DOMAIN_EMBEDDINGS_FILE, tiny.comfy_lora, overwrite=True)
+    logger.info("tiny 4DNeX model set written to %s", tiny.root)
+    return tiny

@@ -1,0 +1,318 @@
+"""Reading safetensors checkpoints tensor by tensor, and filling a meta-device model with them.
+
+A safetensors file is an 8-byte little-endian header length ``N``, ``N`` bytes of JSON
+(``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``), then
+the raw tensor bytes; offsets count from the end of the header.
+
+- :func:`read_header` parses and validates the header without touching tensor data, so a 28 GB
+  checkpoint is inspected in milliseconds, and a truncated or corrupt download fails with a
+  message that names the file instead of a crash deep inside a loader.
+- :class:`SafetensorsReader` reads one tensor at a time with plain file reads, into a fresh
+  tensor or, for tensors about to be converted or moved to a GPU, into one reused staging
+  buffer. The file's pages stay in the OS page cache, not in this process: converting a bf16
+  file to fp32 peaks at the fp32 model plus one tensor. (safetensors' own ``safe_open`` maps
+  the whole file; every page a dtype conversion touches then counts in the process's resident
+  memory until the file is closed: measured at file size + model size.)
+- :func:`build_empty_model` and :func:`assign_state_dict` build a model without allocating its
+  weights and then hand it the tensors read from disk (``load_state_dict(assign=True)``), so
+  the weights exist once in memory.
+- Files written by this project carry their component and diffusers config in the metadata
+  (:func:`component_metadata`), so any model size is recognised without guessing from shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import torch
+from accelerate import init_empty_weights
+from torch import nn
+from tqdm.auto import tqdm
+
+# Metadata key under which this project stores {"component": ..., "config": {...}} as JSON.
+FOURDNEX_METADATA_KEY = "fourdnex_config"
+
+# safetensors refuses headers above 100 MB; a larger length means a corrupt file.
+_MAX_HEADER_BYTES = 100_000_000
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class CorruptSafetensorsError(ValueError):
+    """A file that is not a readable safetensors file (truncated, corrupt, or another format)."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            f"{path} is not a valid safetensors file: {problem}. The file is probably truncated or "
+            "corrupted (an interrupted download or copy): delete it and download it again."
+        )
+        self.path = path
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives: ``path`` and absolute byte range ``[begin, end)`` in the file."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    path: Path
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The validated header of one file: its tensors by name and its string metadata."""
+
+    path: Path
+    entries: dict[str, TensorEntry]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Parse and validate the header of a safetensors file; no tensor data is read.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptSafetensorsError: header length beyond the file, bad JSON, unknown dtype, byte
+            ranges that do not match dtype x shape or run past the end of the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file {path} does not exist (or is not a file).")
+    file_size = path.stat().st_size
+    if file_size < 8:
+        raise CorruptSafetensorsError(path, f"the file is {file_size} bytes, too short for a header")
+    with open(path, "rb") as handle:
+        (header_size,) = struct.unpack("<Q", handle.read(8))
+        if header_size > min(file_size - 8, _MAX_HEADER_BYTES):
+            raise CorruptSafetensorsError(
+                path, f"the header length field says {header_size} bytes but the file has {file_size} bytes"
+            )
+        raw = handle.read(header_size)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptSafetensorsError(path, f"the header is not valid JSON ({error})") from error
+    if not isinstance(header, dict):
+        raise CorruptSafetensorsError(path, "the header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptSafetensorsError(path, "__metadata__ is not a mapping of strings")
+    data_start = 8 + header_size
+    entries = {name: _parse_entry(path, name, info, data_start, file_size) for name, info in header.items()}
+    return SafetensorsHeader(path=path, entries=entries, metadata=metadata)
+
+
+def _parse_entry(path: Path, name: str, info: Any, data_start: int, file_size: int) -> TensorEntry:
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise CorruptSafetensorsError(path, f"tensor {name!r} has no dtype/shape/data_offsets")
+    dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+    if dtype is None:
+        raise CorruptSafetensorsError(
+            path,
+            f"tensor {name!r} has dtype {info['dtype']!r}, which this loader does not read "
+            f"(supported: {', '.join(SAFETENSORS_DTYPES)}); use a bf16, fp16 or fp8 file",
+        )
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+        raise CorruptSafetensorsError(path, f"tensor {name!r} has an invalid shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise CorruptSafetensorsError(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    begin, end = data_start + offsets[0], data_start + offsets[1]
+    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if offsets[0] < 0 or end - begin != expected:
+        raise CorruptSafetensorsError(
+            path, f"tensor {name!r} spans bytes {offsets} but {info['dtype']} x {shape} needs {expected} bytes"
+        )
+    if end > file_size:
+        raise CorruptSafetensorsError(
+            path, f"tensor {name!r} ends at byte {end} but the file ends at byte {file_size}"
+        )
+    return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), path=path, begin=begin, end=end)
+
+
+def merge_headers(headers: Sequence[SafetensorsHeader]) -> dict[str, TensorEntry]:
+    """All entries of the shards of one checkpoint by name; a name in two shards is an error."""
+    merged: dict[str, TensorEntry] = {}
+    for header in headers:
+        for name, entry in header.entries.items():
+            if name in merged:
+                raise CorruptSafetensorsError(
+                    entry.path, f"tensor {name!r} is also stored in {merged[name].path.name}"
+                )
+            merged[name] = entry
+    return merged
+
+
+class SafetensorsReader:
+    """Reads tensors from one or more safetensors files into CPU tensors.
+
+    Use as a context manager; files are opened on first use and closed on exit::
+
+        with SafetensorsReader() as reader:
+            weight = reader.read(entry)   # torch.Tensor with entry.dtype and entry.shape
+    """
+
+    def __init__(self) -> None:
+        self._handles: dict[Path, BinaryIO] = {}
+        self._staging = torch.empty(0, dtype=torch.uint8)
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+        self._staging = torch.empty(0, dtype=torch.uint8)
+
+    def read(self, entry: TensorEntry, *, staged: bool = False) -> torch.Tensor:
+        """The tensor ``entry`` describes, as a contiguous CPU tensor.
+
+        With ``staged=False`` it is a new tensor. With ``staged=True`` it is a view into one
+        staging buffer that the next staged read overwrites: for tensors about to be converted
+        or moved to another device, so the temporary copies do not churn the allocator.
+        """
+        if entry.nbytes == 0:
+            return torch.empty(entry.shape, dtype=entry.dtype)
+        if staged:
+            if self._staging.numel() < entry.nbytes:
+                self._staging = torch.empty(entry.nbytes, dtype=torch.uint8)
+            raw = self._staging[: entry.nbytes]
+        else:
+            raw = torch.empty(entry.nbytes, dtype=torch.uint8)
+        buffer = memoryview(raw.numpy()).cast("B")
+        handle = self._handle(entry.path)
+        handle.seek(entry.begin)
+        filled = 0
+        while filled < entry.nbytes:
+            count = handle.readinto(buffer[filled:])
+            if not count:
+                raise CorruptSafetensorsError(entry.path, f"the file ended while reading tensor {entry.name!r}")
+            filled += count
+        return raw.view(entry.dtype).reshape(entry.shape)
+
+    def _handle(self, path: Path) -> BinaryIO:
+        if path not in self._handles:
+            self._handles[path] = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in __exit__
+        return self._handles[path]
+
+
+def iter_tensors(
+    entries: Iterable[TensorEntry],
+    *,
+    description: str,
+    staged: Callable[[TensorEntry], bool] | None = None,
+) -> Iterator[tuple[TensorEntry, torch.Tensor]]:
+    """Yield ``(entry, tensor)`` for each entry, in file order, with a progress bar in bytes.
+
+    Tensors are fresh CPU tensors, except for entries where ``staged(entry)`` is true: those
+    are views into a reused staging buffer (see :meth:`SafetensorsReader.read`), valid until
+    the next step; convert or copy them before asking for the next tensor.
+    """
+    ordered = sorted(entries, key=lambda entry: (str(entry.path), entry.begin))
+    total = sum(entry.nbytes for entry in ordered)
+    with SafetensorsReader() as reader, tqdm(
+        total=total, unit="B", unit_scale=True, desc=description, leave=False
+    ) as progress:
+        for entry in ordered:
+            yield entry, reader.read(entry, staged=staged is not None and staged(entry))
+            progress.update(entry.nbytes)
+
+
+def component_metadata(component: str, config: Mapping[str, Any]) -> dict[str, str]:
+    """safetensors metadata recording what a file holds: ``{FOURDNEX_METADATA_KEY: json}``.
+
+    ``config`` is a diffusers config; keys starting with ``_`` (diffusers bookkeeping) are dropped.
+    """
+    clean = {key: value for key, value in config.items() if not key.startswith("_")}
+    return {FOURDNEX_METADATA_KEY: json.dumps({"component": component, "config": clean}, default=list)}
+
+
+def read_component_metadata(header: SafetensorsHeader) -> tuple[str, dict[str, Any]] | None:
+    """``(component, config)`` stored by :func:`component_metadata`, or ``None`` if absent."""
+    raw = header.metadata.get(FOURDNEX_METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+        return str(record["component"]), dict(record["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise CorruptSafetensorsError(
+            header.path, f"the {FOURDNEX_METADATA_KEY!r} metadata is not valid ({error})"
+        ) from error
+
+
+def build_empty_model(model_cls: type[nn.Module], config: Mapping[str, Any]) -> nn.Module:
+    """``model_cls.from_config(config)`` with parameters on the meta device (no weight memory).
+
+    Buffers (e.g. RoPE tables, not stored in checkpoints) are built normally on the CPU.
+    """
+    with init_empty_weights(include_buffers=False):
+        return model_cls.from_config(dict(config))
+
+
+def assign_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, source: Path) -> None:
+    """Make ``state_dict``'s tensors the parameters of a ``model`` from :func:`build_empty_model` (no copy).
+
+    The tensors keep their dtype and device. A missing key, an unexpected key or a shape
+    mismatch raises a ``ValueError`` that names ``source`` and a few offending keys.
+    """
+    expected = model.state_dict()
+    mismatched = [
+        f"{name}: file {tuple(tensor.shape)}, model {tuple(expected[name].shape)}"
+        for name, tensor in state_dict.items()
+        if name in expected and tensor.shape != expected[name].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"{source} does not match its model config; tensor shapes differ: {_few(mismatched)}. "
+            "The file and its config.json (or its metadata) come from different models."
+        )
+    missing = [name for name in expected if name not in state_dict]
+    unexpected = [name for name in state_dict if name not in expected]
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing tensors ({_few(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensors ({_few(unexpected)})")
+        raise ValueError(
+            f"{source} does not fit {type(model).__name__}: {' and '.join(problems)}. "
+            "The file is incomplete or holds a different model; download the original file again."
+        )
+    model.load_state_dict(state_dict, strict=True, assign=True)
+
+
+def _few(names: Sequence[str], count: int = 5) -> str:
+    shown = ", ".join(names[:count])
+    return shown + (f", ... ({len(names) - count} more)" if len(names) > count else "")

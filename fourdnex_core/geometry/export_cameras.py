@@ -1,0 +1,140 @@
+"""Recovered cameras as JSON: the project's own ``cameras.json`` and a Nerfstudio ``transforms.json``.
+
+``cameras.json`` keeps the scene's OpenCV convention (camera x right, y down, z forward;
+``cam2world`` maps camera coordinates to the scene frame, which is the first camera's)::
+
+    {"convention": "opencv", "width": W, "height": H,
+     "intrinsics": {"fx": .., "fy": .., "cx": .., "cy": .., "K": [[3 x 3]]},
+     "frames": [{"index": 0, "cam2world": [[4 x 4]], "world2cam": [[4 x 4]]}, ...]}
+
+``transforms.json`` follows Nerfstudio: ``fl_x, fl_y, cx, cy, w, h``, ``camera_model`` "OPENCV"
+and ``frames[].file_path`` / ``frames[].transform_matrix``. Nerfstudio's camera axes are OpenGL's
+(x right, y up, looking down -z), so ``transform_matrix = cam2world @ diag(1, -1, -1, 1)``: the
+camera's y and z columns are negated; the world axes are left as they are (Nerfstudio re-orients
+and re-centres poses itself when it loads them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+OPENGL_FROM_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+@dataclasses.dataclass
+class CameraSet:
+    """Shared intrinsics and per-frame poses.
+
+    K: [3, 3] pixels; cams2world: [F, 4, 4] OpenCV convention; width, height: image size in pixels.
+    """
+
+    K: np.ndarray
+    cams2world: np.ndarray
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        self.K = np.asarray(self.K, dtype=np.float64)
+        self.cams2world = np.asarray(self.cams2world, dtype=np.float64)
+        if self.K.shape != (3, 3):
+            raise ValueError(f"CameraSet.K must be [3, 3], got {self.K.shape}.")
+        if self.cams2world.ndim != 3 or self.cams2world.shape[1:] != (4, 4):
+            raise ValueError(f"CameraSet.cams2world must be [F, 4, 4], got {self.cams2world.shape}.")
+        if not np.allclose(self.cams2world[:, 3], [0, 0, 0, 1]):
+            raise ValueError("CameraSet.cams2world rows 4 must be [0, 0, 0, 1]: rigid 4 x 4 transforms expected.")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"CameraSet image size must be positive, got {self.width} x {self.height}.")
+
+    @property
+    def num_frames(self) -> int:
+        return self.cams2world.shape[0]
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"No camera file at {path}; write one with `fourdnex export DIR --cameras`.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); re-export the cameras.") from error
+
+
+def _field(path: Path, data: dict, key: str) -> object:
+    if key not in data:
+        raise ValueError(f"{path} has no {key!r} entry; it is not a camera file written by fourdnex export.")
+    return data[key]
+
+
+def write_cameras_json(path: str | Path, cameras: CameraSet) -> Path:
+    """Write ``cameras`` in the ``cameras.json`` layout of the module docstring."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    K = cameras.K
+    frames = [{"index": index, "cam2world": pose.tolist(), "world2cam": np.linalg.inv(pose).tolist()}
+              for index, pose in enumerate(cameras.cams2world)]
+    document = {
+        "convention": "opencv",
+        "description": "camera x right, y down, z forward; cam2world maps camera to scene (first camera's) frame",
+        "width": cameras.width, "height": cameras.height,
+        "intrinsics": {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "K": K.tolist()},
+        "frames": frames,
+    }
+    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    return path
+
+
+def read_cameras_json(path: str | Path) -> CameraSet:
+    """Read a ``cameras.json`` written by :func:`write_cameras_json`."""
+    path = Path(path)
+    data = _load_json(path)
+    if _field(path, data, "convention") != "opencv":
+        raise ValueError(f"{path} uses convention {data['convention']!r}; only 'opencv' camera files are read.")
+    intrinsics = _field(path, data, "intrinsics")
+    frames = _field(path, data, "frames")
+    try:
+        poses = np.array([frame["cam2world"] for frame in frames], dtype=np.float64).reshape(len(frames), 4, 4)
+        return CameraSet(np.array(_field(path, intrinsics, "K"), dtype=np.float64),
+                         poses, int(data["width"]), int(data["height"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} holds malformed cameras ({error}); re-export them with fourdnex export.") from error
+
+
+def write_transforms_json(path: str | Path, cameras: CameraSet, file_paths: Sequence[str],
+                          ply_file_path: str | None = None) -> Path:
+    """Write a Nerfstudio ``transforms.json``; ``file_paths`` are the frame images, relative to ``path``."""
+    if len(file_paths) != cameras.num_frames:
+        raise ValueError(f"Got {len(file_paths)} image paths for {cameras.num_frames} cameras; give one per frame.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    K = cameras.K
+    document: dict = {
+        "camera_model": "OPENCV",
+        "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2],
+        "w": cameras.width, "h": cameras.height,
+        "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+        "frames": [{"file_path": file_path, "transform_matrix": (pose @ OPENGL_FROM_OPENCV).tolist()}
+                   for file_path, pose in zip(file_paths, cameras.cams2world, strict=True)],
+    }
+    if ply_file_path is not None:
+        document["ply_file_path"] = ply_file_path
+    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    return path
+
+
+def read_transforms_json(path: str | Path) -> tuple[CameraSet, list[str]]:
+    """Read a Nerfstudio ``transforms.json``: cameras back in OpenCV convention, and the image paths."""
+    path = Path(path)
+    data = _load_json(path)
+    frames = _field(path, data, "frames")
+    try:
+        K = np.array([[data["fl_x"], 0.0, data["cx"]], [0.0, data["fl_y"], data["cy"]], [0.0, 0.0, 1.0]])
+        poses = np.array([frame["transform_matrix"] for frame in frames], dtype=np.float64).reshape(-1, 4, 4)
+        cameras = CameraSet(K, poses @ OPENGL_FROM_OPENCV, int(data["w"]), int(data["h"]))
+        return cameras, [str(frame["file_path"]) for frame in frames]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a Nerfstudio transforms.json with shared intrinsics ({error}).") from error

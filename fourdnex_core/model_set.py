@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 
 RELEASED_LORA_FILE = "pytorch_lora_weights.safetensors"
 RELEASED_DOMAIN_EMBEDDINGS_FILE = "learnable_domain_embeddings.pt"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclasses.dataclass

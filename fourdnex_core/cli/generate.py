@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..image_io import load_image
-from ..model_set import DTYPES, ModelLocations, load_pipeline
+from ..devices import DTYPES, resolve_device, resolve_dtype
+from ..model_set import ModelLocations, load_pipeline
 from ..pipeline import WAN_NEGATIVE_PROMPT, GenerationResult
 from ..representation import check_video_size, xyz_to_pixels
 from ..sampler import SamplingSettings
@@ -74,21 +75,6 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", choices=("auto", *DTYPES), default="auto",
                        help="auto: bf16 on CUDA, fp32 on CPU")
     group.add_argument("--fps", type=float, default=24.0, help="frame rate of the written videos")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for CUDA, but this torch build sees no GPU; use --device cpu.")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[name]
 
 
 def write_outputs(out: Path, result: GenerationResult, settings: dict, fps: float) -> None:

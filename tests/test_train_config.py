@@ -1,0 +1,56 @@
+"""Trainer config: the example loads, bad keys/types/values are clear errors, overrides work."""
+
+from pathlib import Path
+
+import pytest
+
+from train.cli import main
+from train.config import ConfigError, config_from_dict, load_config, parse_override_value
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "train" / "example_config.toml"
+
+
+def test_example_config_loads_with_release_defaults():
+    config = load_config(EXAMPLE)
+    assert config.lora.rank == 64 and config.lora.alpha == 32.0
+    assert config.optim.lr == 2e-5 and config.optim.betas == [0.9, 0.95] and config.optim.weight_decay == 1e-4
+    assert config.data.num_frames == 49 and (config.data.height, config.data.width) == (480, 720)
+    assert config.data.cache_dir.is_absolute()  # relative paths resolved against the config's folder
+
+
+def test_overrides_replace_keys_and_are_validated():
+    config = load_config(EXAMPLE, {"optim.lr": parse_override_value("1e-4"), "train.max_steps": 300,
+                                   "lora.target_modules": parse_override_value('["to_q", "to_v"]'),
+                                   "data.root": parse_override_value("/data/clips")})
+    assert config.optim.lr == 1e-4 and config.train.max_steps == 300
+    assert config.lora.target_modules == ["to_q", "to_v"] and str(config.data.root) == "/data/clips"
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(EXAMPLE, {"train.max_steps": "many"})
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"optim": {"learning_rate": 1e-4}}, "Unknown key 'learning_rate' in \\[optim\\].*Valid keys: lr"),
+    ({"train": {"lr": 1e-4}}, "It belongs in \\[optim\\]"),
+    ({"trainer": {}}, "Unknown section"),
+    ({"data": {"num_frames": 48}}, "4k\\+1.*use 45 or 49"),
+    ({"optim": {"scheduler": "linear"}}, "use one of: constant, constant_with_warmup, cosine"),
+    ({"lora": {"rank": "64"}}, "must be an integer"),
+    ({"data": {"percentiles": [98, 2]}}, "0 <= low < high <= 100"),
+])
+def test_bad_config_errors_name_problem_and_fix(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_missing_keys_are_named_with_the_flag_to_set_them():
+    config = config_from_dict({})
+    with pytest.raises(ConfigError, match=r"needs \[data\] root, \[data\] cache_dir.*--data.root"):
+        config.require("data.root", "data.cache_dir", command="prepare")
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlearning_rate = 1\n")
+    assert main(["run", str(bad)]) == 2
+    assert "Unknown key 'learning_rate' in [train]" in capsys.readouterr().err
+    assert main(["prepare", str(tmp_path / "missing.toml")]) == 2

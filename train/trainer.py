@@ -1,0 +1,255 @@
+"""``fourdnex-train run``: the LoRA training loop.
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` clips per
+process; the loss is :func:`train.flow_matching.flow_matching_loss`. Every random draw of a
+micro-batch (clip order, noise, timesteps) comes from a CPU generator seeded by (seed, micro-batch
+index, process rank), so a run resumed from a checkpoint replays the uninterrupted run exactly.
+
+Multi-GPU: start the same command with ``accelerate launch -m train run CONFIG``; each process
+takes its own share of every global batch and gradients are averaged by accelerate's DDP
+wrapper. Only the main process logs, samples and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import get_scheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from fourdnex_core.loading.transformer_loader import load_transformer
+from fourdnex_core.loading.vae_loader import load_vae
+from fourdnex_core.model_set import ModelLocations
+from fourdnex_core.transformer import FourDNeXTransformer3DModel
+from train.cache import list_cache
+from train.checkpoint import CheckpointManager, rng_state, set_rng_state
+from train.config import ConfigError, TrainConfig
+from train.dataset import LatentDataset
+from train.devices import autocast_dtype, resolve_device, weight_dtype
+from train.flow_matching import TimestepSampling, flow_matching_loss
+from train.logging_utils import MetricsLogger
+from train.lora_setup import (
+    add_lora,
+    load_trainable_state_dict,
+    trainable_state_dict,
+    write_diffusers_lora,
+    write_trained_lora,
+)
+from train.samples import generate_samples
+
+logger = logging.getLogger(__name__)
+
+_SEED_MIX = 1_000_003
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """lora_path: the final single-file LoRA; losses: the loss of every step this call ran."""
+
+    lora_path: Path
+    losses: list[float]
+    step: int
+
+
+def micro_batch_generator(seed: int, micro_index: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator of one micro-batch's noise and timesteps: a pure function of its arguments."""
+    return torch.Generator().manual_seed((seed * _SEED_MIX + micro_index) * 64 + rank)
+
+
+def load_base_transformer(config: TrainConfig, device: torch.device) -> FourDNeXTransformer3DModel:
+    """The frozen base transformer from ``[models]`` (``models.dtype`` on GPU, fp32 on CPU)."""
+    if config.models.root is None and config.models.transformer is None:
+        raise ConfigError("`fourdnex-train run` needs the base transformer: set [models] root (a diffusers "
+                          "Wan2.1-I2V folder or ComfyUI models/) or [models] transformer (its file).")
+    locations = ModelLocations(models=config.models.root, transformer=config.models.transformer)
+    return load_transformer(locations.source("transformer"), model_cls=FourDNeXTransformer3DModel,
+                            dtype=weight_dtype(config.models.dtype, device), device=device, keep_fp8=False)
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig`; :meth:`train` runs to ``max_steps``.
+
+    ``transformer``: an already built base :class:`FourDNeXTransformer3DModel` (tests); loaded
+    from ``[models]`` otherwise.
+    """
+
+    def __init__(self, config: TrainConfig, transformer: nn.Module | None = None):
+        config.require("data.cache_dir", "train.output_dir", command="run")
+        self.config = config
+        loop = config.train
+        self.accelerator = Accelerator(cpu=resolve_device(loop.device).type == "cpu", mixed_precision="no")
+        self.device = self.accelerator.device
+        self.autocast = autocast_dtype(loop.mixed_precision, self.device)
+        self.output_dir = Path(loop.output_dir)
+        torch.manual_seed(loop.seed)
+
+        self.transformer = transformer if transformer is not None else load_base_transformer(config, self.device)
+        self.transformer.to(self.device)
+        lora = config.lora
+        self.trainable = add_lora(self.transformer, rank=lora.rank, alpha=lora.alpha,
+                                  target_modules=lora.target_modules,
+                                  train_domain_embeddings=lora.train_domain_embeddings)
+        if loop.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        self.transformer.train()
+        self.model = self.accelerator.prepare_model(self.transformer) if self._distributed else self.transformer
+
+        self.files = list_cache(config.data.cache_dir)
+        self.dataset = LatentDataset(self.files, loop.batch_size, loop.seed, rank=self.accelerator.process_index,
+                                     world_size=self.accelerator.num_processes)
+        optim = config.optim
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=optim.lr, betas=tuple(optim.betas),
+                                           weight_decay=optim.weight_decay, eps=optim.eps)
+        self.scheduler = get_scheduler(optim.scheduler, self.optimizer, num_warmup_steps=optim.warmup_steps,
+                                       num_training_steps=loop.max_steps)
+        self.sampling = TimestepSampling(loop.timestep_sampling, loop.logit_mean, loop.logit_std, loop.flow_shift)
+        self.checkpoints = CheckpointManager(self.output_dir / "checkpoints", config.checkpoint.keep_last)
+        self.step = 0
+        self._vae = None
+
+    @property
+    def _distributed(self) -> bool:
+        return self.accelerator.num_processes > 1
+
+    @property
+    def lora_path(self) -> Path:
+        return self.output_dir / f"{self.config.train.output_name}.safetensors"
+
+    def _metadata(self) -> dict[str, str]:
+        return {"fourdnex.training_config": json.dumps(self.config.to_dict(), default=str),
+                "fourdnex.training_step": str(self.step)}
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def training_state(self) -> dict:
+        return {"step": self.step, "trainable": trainable_state_dict(self.transformer),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(), "seed": self.config.train.seed}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write checkpoint ``self.step`` (main process only; others wait)."""
+        folder = None
+        if self.accelerator.is_main_process:
+            name = self.lora_path.name
+            folder = self.checkpoints.save(
+                self.step, self.training_state(),
+                lambda target: write_trained_lora(target / name, self.transformer, self._metadata()))
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def resume(self) -> int:
+        """Restore the checkpoint ``[checkpoint] resume`` names ("auto": the latest, "none": none)."""
+        mode = self.config.checkpoint.resume
+        if mode == "none":
+            if self.checkpoints.latest() is not None:
+                logger.warning("resume = \"none\": starting over although %s holds checkpoints.", self.checkpoints.folder)
+            return self.step
+        folder = self.checkpoints.latest() if mode == "auto" else Path(mode)
+        if folder is None:
+            return self.step
+        state = self.checkpoints.load(folder)
+        if state["seed"] != self.config.train.seed:
+            logger.warning("The checkpoint was trained with seed %d, this run uses %d: the data order changes.",
+                           state["seed"], self.config.train.seed)
+        load_trainable_state_dict(self.transformer, state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        logger.info("Resumed from %s at step %d.", folder, self.step)
+        return self.step
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (with gradient accumulation); returns its metrics."""
+        loop = self.config.train
+        accumulation = loop.gradient_accumulation_steps
+        loss_total, sigma_total = 0.0, 0.0
+        for micro in range(accumulation):
+            index = self.step * accumulation + micro
+            batch = self.dataset.batch(index).to(self.device)
+            generator = micro_batch_generator(loop.seed, index, self.accelerator.process_index)
+            sync = contextlib.nullcontext()
+            if self._distributed and micro < accumulation - 1:
+                sync = self.model.no_sync()
+            with sync:
+                loss, sigma = flow_matching_loss(self.model, batch, self.sampling, generator,
+                                                 autocast_dtype=self.autocast)
+                (loss / accumulation).backward()
+            loss_total += float(loss.detach()) / accumulation
+            sigma_total += float(sigma.mean()) / accumulation
+        max_norm = self.config.optim.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self._distributed:
+            loss_total = float(self.accelerator.reduce(torch.tensor(loss_total, device=self.device), "mean"))
+        return {"loss": loss_total, "lr": lr, "grad_norm": grad_norm, "sigma_mean": sigma_total}
+
+    def train(self, *, progress: bool | None = None) -> TrainResult:
+        """Resume if configured, train to ``max_steps``, write the LoRA; returns the result."""
+        loop, every = self.config.train, self.config.checkpoint.every_n_steps
+        self.resume()
+        main = self.accelerator.is_main_process
+        metrics = MetricsLogger(self.output_dir, resume_step=self.step,
+                                tensorboard=self.config.log.tensorboard) if main else None
+        show = self.config.log.progress if progress is None else progress
+        losses = []
+        bar = tqdm(total=loop.max_steps, initial=self.step, desc="4DNeX LoRA", disable=not (show and main))
+        try:
+            while self.step < loop.max_steps:
+                started = time.perf_counter()
+                values = self.train_step()
+                values["seconds"] = time.perf_counter() - started
+                losses.append(values["loss"])
+                if metrics is not None:
+                    metrics.log(self.step, values)
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+                if every and self.step % every == 0 and self.step < loop.max_steps:
+                    self.save_checkpoint()
+                self._maybe_sample()
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        self.save_checkpoint()
+        self._export()
+        return TrainResult(lora_path=self.lora_path, losses=losses, step=self.step)
+
+    def _maybe_sample(self) -> None:
+        settings = self.config.sample
+        if not settings.every_n_steps or self.step % settings.every_n_steps or not self.accelerator.is_main_process:
+            return
+        generate_samples(self.transformer, self.files, settings, self.output_dir / "samples", self.step,
+                         device=self.device, dtype=self.autocast or torch.float32, vae=self._sample_vae())
+
+    def _sample_vae(self):
+        """The VAE for decoding samples (loaded on first use), or None when decoding is off."""
+        if self.config.sample.decode and self._vae is None:
+            locations = ModelLocations(models=self.config.models.root, vae=self.config.models.vae)
+            self._vae = load_vae(locations.source("vae"), dtype=torch.float32, device=self.device)
+        return self._vae if self.config.sample.decode else None
+
+    def _export(self) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        write_trained_lora(self.lora_path, self.transformer, self._metadata())
+        logger.info("Wrote the trained LoRA to %s.", self.lora_path)
+        if self.config.train.save_diffusers_format:
+            lora = self.config.lora
+            folder = write_diffusers_lora(self.output_dir / "diffusers", self.transformer, rank=lora.rank,
+                                          alpha=lora.alpha, target_modules=lora.target_modules)
+            logger.info("Wrote the diffusers-layout LoRA to %s.", folder)

@@ -3,7 +3,14 @@
 Importing this package must work without ComfyUI installed (CI has none).
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("fourdnex_core") is None:  # in custom_nodes/, the library sits beside nodes/
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 WEB_DIRECTORY = "./web"
 

@@ -1,0 +1,95 @@
+"""``fourdnex postopt DIR``: add cameras, intrinsics, depth and residuals to ``DIR/scene.npz``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from fourdnex_core.geometry.postopt import PostOptResult, post_optimize
+from fourdnex_core.geometry.postopt_reference import RELEASE_ITERATIONS, post_optimize_reference
+from fourdnex_core.scene_file import Scene, load_scene, save_scene
+
+SCENE_FILE = "scene.npz"
+DEFAULT_ITERATIONS = 20
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "postopt",
+        help="recover cameras, intrinsics and depth from a scene's XYZ",
+        description="Read DIR/scene.npz, fit one pinhole K, a camera per frame and a depth per pixel to its XYZ "
+                    "(paper eq. 9-10), and write depth, K, cams2world, mask and residuals back into the file.",
+    )
+    parser.add_argument("directory", type=Path, metavar="DIR", help=f"folder holding {SCENE_FILE} (written by `fourdnex generate`)")
+    parser.add_argument("--focal", type=float, default=None, help="known focal length in pixels, kept fixed")
+    parser.add_argument("--free-principal-point", action="store_true",
+                        help="also fit the principal point (default: fixed at the image centre)")
+    parser.add_argument("--robust", choices=("cauchy", "huber", "none"), default="cauchy",
+                        help="robust loss against outlier points (default: cauchy)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help=f"solver iterations (default: {DEFAULT_ITERATIONS}; {RELEASE_ITERATIONS} with --reference)")
+    parser.add_argument("--reference", action="store_true",
+                        help="use the release-style Adam solver instead (slow; for comparison)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    path = _scene_path(args.directory)
+    scene = load_scene(path)
+    xyz = torch.from_numpy(scene.xyz)
+    mask = torch.from_numpy(scene.mask) if scene.mask is not None else None
+    if args.reference and (args.focal is not None or args.robust != "cauchy"):
+        raise ValueError("--focal and --robust belong to the default solver; drop them or drop --reference.")
+    started = time.perf_counter()
+    if args.reference:
+        iterations = RELEASE_ITERATIONS if args.iterations is None else args.iterations
+        result = post_optimize_reference(xyz, mask, fix_principal_point=not args.free_principal_point,
+                                         iterations=iterations)
+    else:
+        iterations = DEFAULT_ITERATIONS if args.iterations is None else args.iterations
+        result = post_optimize(xyz, mask, focal=args.focal, fix_principal_point=not args.free_principal_point,
+                               iterations=iterations, robust=args.robust)
+    elapsed = time.perf_counter() - started
+    _write_atomically(_with_cameras(scene, result), path)
+    _print_summary(result, elapsed, path)
+    return 0
+
+
+def _scene_path(directory: Path) -> Path:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a folder; pass the folder that holds {SCENE_FILE}.")
+    return directory / SCENE_FILE
+
+
+def _with_cameras(scene: Scene, result: PostOptResult) -> Scene:
+    return dataclasses.replace(
+        scene,
+        depth=result.depth.numpy(),
+        K=result.K.numpy(),
+        cams2world=result.cams2world.numpy(),
+        mask=result.valid.numpy(),
+        residuals=result.residuals.numpy(),
+    )
+
+
+def _write_atomically(scene: Scene, path: Path) -> None:
+    """Write next to ``path`` first, then rename, so an interrupted run leaves the old file intact."""
+    partial = path.with_name(f".{path.stem}.partial.npz")
+    save_scene(scene, partial)
+    partial.replace(path)
+
+
+def _print_summary(result: PostOptResult, elapsed: float, path: Path) -> None:
+    frames, height, width = result.depth.shape
+    fx, fy, cx, cy = (float(value) for value in (result.K[0, 0], result.K[1, 1], result.K[0, 2], result.K[1, 2]))
+    residuals = result.residuals
+    print(f"post-optimized {frames} frames of {height}x{width} in {elapsed:.2f} s ({result.iterations} iterations)")
+    print(f"  K: fx {fx:.2f}  fy {fy:.2f}  cx {cx:.2f}  cy {cy:.2f} (pixels)")
+    print(f"  median point error per frame: {float(residuals.median()):.4g} "
+          f"(range {float(residuals.min()):.4g} .. {float(residuals.max()):.4g}, scene units)")
+    print(f"  points left out (non-finite or masked): {int(result.num_invalid.sum())}")
+    print(f"  wrote depth, K, cams2world, mask, residuals to {path}")

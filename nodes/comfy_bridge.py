@@ -1,0 +1,209 @@
+"""What the nodes take from ComfyUI when it is there, with plain fallbacks when it is not.
+
+ComfyUI's modules (``folder_paths``, ``comfy.model_management``, ``comfy.utils``) are imported
+lazily, so ``import nodes`` and calling the node classes works without ComfyUI (the tests do).
+Without ComfyUI, model files are looked up under ``$FOURDNEX_MODELS_DIR`` (a ComfyUI-style
+``models/`` folder) and outputs go to ``$FOURDNEX_OUTPUT_DIR`` / ``$FOURDNEX_TEMP_DIR``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
+
+
+def _comfy(name: str):
+    """The ComfyUI module ``name``, or None outside ComfyUI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _fallback_models_dir() -> Path | None:
+    value = os.environ.get("FOURDNEX_MODELS_DIR")
+    return Path(value) if value else None
+
+
+def _fallback_folders(folder: str) -> list[Path]:
+    root = _fallback_models_dir()
+    if root is None:
+        return []
+    names = {"diffusion_models": ("diffusion_models", "unet"), "text_encoders": ("text_encoders", "clip")}
+    return [root / name for name in names.get(folder, (folder,))]
+
+
+def filename_list(folder: str) -> list[str]:
+    """Files of one ComfyUI model folder (``diffusion_models``, ``vae``, ``loras``...), relative names."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        try:
+            return list(folder_paths.get_filename_list(folder))
+        except KeyError:
+            return []
+    found = set()
+    for base in _fallback_folders(folder):
+        if base.is_dir():
+            found.update(p.relative_to(base).as_posix() for p in base.rglob("*")
+                         if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return sorted(found)
+
+
+def folder_list(folder: str) -> list[str]:
+    """Sub-folders of one ComfyUI model folder (for diffusers model folders under ``models/diffusers``)."""
+    folder_paths = _comfy("folder_paths")
+    bases = [Path(p) for p in folder_paths.get_folder_paths(folder)] if folder_paths is not None else \
+        _fallback_folders(folder)
+    names = set()
+    for base in bases:
+        if base.is_dir():
+            names.update(p.name for p in base.iterdir() if p.is_dir())
+    return sorted(names)
+
+
+def full_path(folder: str, name: str) -> Path:
+    """The path of ``name`` in a ComfyUI model folder, or an error saying where to put the file."""
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        path = folder_paths.get_full_path(folder, name)
+        if path:
+            return Path(path)
+    else:
+        for base in _fallback_folders(folder):
+            if (base / name).exists():
+                return base / name
+    raise FileNotFoundError(f"{name!r} is not in ComfyUI's models/{folder}/ folder; put the file there "
+                            "(or pick one from the list) and refresh the page.")
+
+
+def diffusers_folder(name: str) -> Path:
+    """A diffusers model folder under ``models/diffusers``."""
+    folder_paths = _comfy("folder_paths")
+    bases = [Path(p) for p in folder_paths.get_folder_paths("diffusers")] if folder_paths is not None else \
+        _fallback_folders("diffusers")
+    for base in bases:
+        if (base / name).is_dir():
+            return base / name
+    raise FileNotFoundError(f"No diffusers folder {name!r} in ComfyUI's models/diffusers/.")
+
+
+def output_directory() -> Path:
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    return Path(os.environ.get("FOURDNEX_OUTPUT_DIR", "output"))
+
+
+def input_directory() -> Path:
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_input_directory())
+    return Path(os.environ.get("FOURDNEX_INPUT_DIR", "input"))
+
+
+def temp_directory() -> Path:
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        return Path(folder_paths.get_temp_directory())
+    return Path(os.environ.get("FOURDNEX_TEMP_DIR", Path(tempfile.gettempdir()) / "fourdnex_temp"))
+
+
+# ---------------------------------------------------------------- devices and memory
+
+
+def torch_device() -> torch.device:
+    """ComfyUI's compute device (honours --cpu, --gpu-only...), else CUDA when available."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    """Where idle models wait: ComfyUI's offload device (CPU unless --gpu-only / --highvram)."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return mm.unet_offload_device()
+    return torch.device("cpu")
+
+
+def precision(name: str, device: torch.device | None = None) -> torch.dtype:
+    """``auto`` -> bf16 on CUDA, fp32 on CPU; else the named dtype."""
+    if name == "auto":
+        device = device or torch_device()
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+@contextlib.contextmanager
+def on_compute_device(*modules: torch.nn.Module) -> Iterator[torch.device]:
+    """Move ``modules`` to the compute device for a step, asking ComfyUI to free room first, and
+    back to the offload device afterwards (so ComfyUI's own models get the memory back)."""
+    device = torch_device()
+    mm = _comfy("comfy.model_management")
+    if mm is not None and device.type != "cpu":
+        mm.free_memory(sum(module_bytes(m) for m in modules) * 1.2, device)
+    for module in modules:
+        module.to(device)
+    try:
+        yield device
+    finally:
+        target = offload_device()
+        if target != device:
+            for module in modules:
+                module.to(target)
+            if mm is not None:
+                mm.soft_empty_cache()
+
+
+# ---------------------------------------------------------------- progress and interrupts
+
+
+def throw_if_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed Cancel (no-op without ComfyUI)."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """A ComfyUI progress bar (the green bar on the node), or nothing without ComfyUI."""
+
+    def __init__(self, total: int, node_id: str | None = None) -> None:
+        utils = _comfy("comfy.utils")
+        self.total = total
+        self.bar = utils.ProgressBar(total, node_id=node_id) if utils is not None else None
+        self.done = 0
+
+    def step(self, done: int | None = None) -> None:
+        """Advance by one (or to ``done``), checking for an interrupt first."""
+        throw_if_interrupted()
+        self.done = self.done + 1 if done is None else done
+        if self.bar is not None:
+            self.bar.update_absolute(min(self.done, self.total), self.total)
+
+
+@contextlib.contextmanager
+def progress_per_call(module: torch.nn.Module, progress: Progress) -> Iterator[None]:
+    """Step ``progress`` (and honour interrupts) at every forward call of ``module``."""
+
+    def tick(*_) -> None:
+        progress.step()
+
+    handle = module.register_forward_pre_hook(tick)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,321 @@
+"""Post-optimization, point clouds, the in-node 4D preview, saving, loading and novel-view rendering."""
+
+from __future__ import annotations
+
+import torch
+
+from fourdnex_core.comfy_types import (
+    TRAJECTORIES,
+    PointClouds,
+    depth_image,
+    next_counter,
+    point_maps_from_postopt,
+    point_maps_from_scene,
+    preview_cameras,
+    safe_output_folder,
+    scene_from,
+    write_viewer_points,
+)
+from fourdnex_core.comfy_types import (
+    trajectory as trajectory_poses,
+)
+from fourdnex_core.geometry.export_cameras import CameraSet, write_cameras_json
+from fourdnex_core.geometry.export_glb import write_glb
+from fourdnex_core.geometry.export_ply import write_ply
+from fourdnex_core.geometry.pointcloud import PointFilter
+from fourdnex_core.geometry.postopt import post_optimize
+from fourdnex_core.geometry.render import fit_intrinsics, render_views
+from fourdnex_core.scene_file import load_scene
+from fourdnex_core.scene_file import save_scene as write_scene
+
+from . import comfy_bridge as comfy
+
+MAX_POINTS = 10_000_000
+VIEWER_SUBFOLDER = "4dnex_viewer"
+
+
+def _render(clouds, K, cams2world, scene_size, width, height, point_size, progress):
+    """Render ``clouds`` along ``cams2world`` into an IMAGE batch, stepping ``progress`` per view."""
+    height, width = height or scene_size[0], width or scene_size[1]
+    K = fit_intrinsics(K, scene_size, (height, width))
+    frames = []
+    for rendering in render_views(clouds, K, cams2world, height, width, point_size, device=comfy.torch_device(),
+                                  progress=False):
+        frames.append(rendering.image.cpu())
+        progress.step()
+    return torch.stack(frames)
+
+
+class FourDNeXPostOptimize:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "point_maps": ("POINTMAPS", {"tooltip": "Decoded XYZ frames (4DNeX Decode or Load Scene)."}),
+                "iterations": ("INT", {"default": 20, "min": 1, "max": 1000,
+                                       "tooltip": "Most Levenberg-Marquardt iterations (stops when converged)."}),
+                "robust": (["cauchy", "huber", "none"], {"default": "cauchy",
+                                                         "tooltip": "Robust loss against outlier points."}),
+                "focal": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
+                                    "tooltip": "Known focal length in pixels, kept fixed; 0 estimates it."}),
+                "fix_principal_point": ("BOOLEAN", {"default": True,
+                                                    "tooltip": "Keep the principal point at the image centre."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("CAMERAS", "IMAGE", "MASK", "POINTMAPS")
+    RETURN_NAMES = ("cameras", "depth_image", "depth_mask", "registered_point_maps")
+    FUNCTION = "optimize"
+    CATEGORY = "4DNeX/geometry"
+    DESCRIPTION = ("Recovers one shared intrinsics K, a camera per frame and a depth per pixel from the XYZ frames "
+                   "(paper eq. 9-10). Depth is shown as inverse depth (near bright), as an IMAGE and a MASK.")
+
+    def optimize(self, point_maps, iterations, robust, focal, fix_principal_point, unique_id=None):
+        progress = comfy.Progress(2, unique_id)
+        progress.step(0)
+        result = post_optimize(point_maps.xyz, point_maps.mask, focal=focal or None, iterations=iterations,
+                               robust=robust, fix_principal_point=fix_principal_point)
+        progress.step(2)
+        cameras, registered = point_maps_from_postopt(point_maps, result)
+        depth = depth_image(result.depth, result.valid)
+        return (cameras, depth[..., None].expand(-1, -1, -1, 3).contiguous(), depth, registered)
+
+
+class FourDNeXPointClouds:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "point_maps": ("POINTMAPS", {"tooltip": "XYZ frames with colours."}),
+                "max_points": ("INT", {"default": 200_000, "min": 0, "max": MAX_POINTS, "step": 1000,
+                                       "tooltip": "Point budget per frame; 0 keeps every pixel's point."}),
+                "downsample": (["stride", "voxel"], {
+                    "default": "stride", "tooltip": "Meet the budget by every k-th pixel or by voxel means."}),
+                "edge_rtol": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 10.0, "step": 0.01,
+                                        "tooltip": "Drop 'flying pixels' where inverse depth jumps by more than this "
+                                                   "share (needs cameras); 0 keeps them."}),
+                "outlier_std": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                          "tooltip": "Drop points whose neighbour spacing is above median + this many "
+                                                     "std; 0 keeps them."}),
+                "use_mask": ("BOOLEAN", {"default": True, "tooltip": "Drop pixels outside the validity mask."}),
+            },
+            "optional": {
+                "cameras": ("CAMERAS", {"tooltip": "From 4DNeX Post-Optimize: points are re-projected from depth and "
+                                                   "cameras, depth edges can be filtered, novel views rendered."}),
+            },
+        }
+
+    RETURN_TYPES = ("POINTCLOUDS",)
+    RETURN_NAMES = ("point_clouds",)
+    FUNCTION = "build"
+    CATEGORY = "4DNeX/geometry"
+    DESCRIPTION = "Turns point maps (and cameras) into per-frame coloured point clouds with filters and a point budget."
+
+    def build(self, point_maps, max_points, downsample, edge_rtol, outlier_std, use_mask, cameras=None):
+        point_filter = PointFilter(use_mask=use_mask, depth_edge_rtol=edge_rtol or None,
+                                   outlier_std_ratio=outlier_std or None)
+        return (PointClouds(scene_from(point_maps, cameras), point_filter, max_points or None, downsample),)
+
+
+class FourDNeXPointCloudPreview:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "point_clouds": ("POINTCLOUDS", {"tooltip": "From 4DNeX Point Clouds."}),
+                "max_points": ("INT", {"default": 50_000, "min": 1000, "max": 2_000_000, "step": 1000,
+                                       "tooltip": "Points per frame sent to the in-node viewer (keeps it fast)."}),
+                "point_size": ("FLOAT", {"default": 2.0, "min": 0.5, "max": 20.0, "step": 0.5,
+                                         "tooltip": "Initial point size in the viewer, in pixels."}),
+                "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 1.0,
+                                  "tooltip": "Playback rate of the viewer and of the GLB animation."}),
+                "render_width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
+                                         "tooltip": "Width of the rendered IMAGE; 0 is the scene's."}),
+                "render_height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
+                                          "tooltip": "Height of the rendered IMAGE; 0 is the scene's."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("rendered", "model_file")
+    OUTPUT_NODE = True
+    FUNCTION = "preview"
+    CATEGORY = "4DNeX/geometry"
+    DESCRIPTION = ("An interactive 4D viewer in the node (orbit with the mouse, frame slider, play/pause, point size "
+                   "and budget). Also renders the clouds from the recovered cameras (or an overview camera) as an "
+                   "IMAGE batch, and writes a POINTS GLB whose path (model_file) ComfyUI's Preview3D can show.")
+
+    def preview(self, point_clouds, max_points, point_size, fps, render_width, render_height, unique_id=None):
+        scene = point_clouds.scene
+        clouds = point_clouds.clouds(max_points)
+        progress = comfy.Progress(2 * len(clouds), unique_id)
+        temp = comfy.temp_directory() / VIEWER_SUBFOLDER
+        temp.mkdir(parents=True, exist_ok=True)
+        name = f"points_{next_counter(temp, 'points'):05d}_.bin"
+        write_viewer_points(temp / name, _stepping(clouds, progress), fps)
+        glb_folder, base = safe_output_folder(comfy.output_directory(), "3d/4dnex_points")
+        glb_folder.mkdir(parents=True, exist_ok=True)
+        glb_name = f"{base}_{next_counter(glb_folder, base):05d}_.glb"
+        write_glb(glb_folder / glb_name, clouds, fps)
+        K, cams2world = preview_cameras(scene)
+        rendered = _render(clouds, K, cams2world, scene.rgb.shape[1:3], render_width, render_height, 1, progress)
+        viewer = {"filename": name, "subfolder": VIEWER_SUBFOLDER, "type": "temp", "frames": len(clouds),
+                  "fps": fps, "point_size": point_size, "max_points": max_points}
+        model_file = f"3d/{glb_name}"
+        return {"ui": {"fourdnex_points": [viewer], "model_file": [model_file]}, "result": (rendered, model_file)}
+
+
+def _stepping(clouds, progress):
+    for cloud in clouds:
+        progress.step()
+        yield cloud
+
+
+class FourDNeXSave:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "point_clouds": ("POINTCLOUDS", {"tooltip": "From 4DNeX Point Clouds."}),
+                "filename_prefix": ("STRING", {"default": "4dnex/scene",
+                                               "tooltip": "Path under ComfyUI's output folder; '..' and absolute "
+                                                          "paths are refused. A counter is appended."}),
+                "save_scene": ("BOOLEAN", {"default": True, "tooltip": "scene.npz: rgb, xyz, cameras, depth, mask "
+                                                                       "(what 4DNeX Load Scene and the CLI read)."}),
+                "save_ply": ("BOOLEAN", {"default": False, "tooltip": "One binary PLY per frame (filtered points)."}),
+                "save_glb": ("BOOLEAN", {"default": True, "tooltip": "One GLB, a POINTS node per frame, animated."}),
+                "save_cameras": ("BOOLEAN", {"default": True, "tooltip": "cameras.json (OpenCV), when the scene "
+                                                                         "has cameras."}),
+                "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 1.0,
+                                  "tooltip": "GLB animation rate."}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("scene_file",)
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+    CATEGORY = "4DNeX/io"
+    DESCRIPTION = ("Saves the scene under ComfyUI's output folder: NPZ scene, PLY sequence, GLB and cameras JSON. "
+                   "Returns the scene file's path relative to the output folder.")
+
+    def save(self, point_clouds, filename_prefix, save_scene, save_ply, save_glb, save_cameras, fps):
+        root = comfy.output_directory()
+        folder, base = safe_output_folder(root, filename_prefix)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"{base}_{next_counter(folder, base):05d}_"
+        scene, written = point_clouds.scene, []
+        if save_scene:
+            written.append(write_scene(scene, folder / f"{stem}.npz"))
+        if save_ply:
+            for index, cloud in enumerate(point_clouds.clouds()):
+                comfy.throw_if_interrupted()
+                written.append(write_ply(folder / f"{stem}ply" / f"frame_{index:05d}.ply", cloud))
+        if save_glb:
+            written.append(write_glb(folder / f"{stem}.glb", point_clouds.clouds(), fps))
+        if save_cameras and scene.K is not None and scene.cams2world is not None:
+            cameras = CameraSet(scene.K, scene.cams2world, scene.rgb.shape[2], scene.rgb.shape[1])
+            written.append(write_cameras_json(folder / f"{stem}cameras.json", cameras))
+        relative = [p.resolve().relative_to(root.resolve()).as_posix() for p in written]
+        scene_file = relative[0] if save_scene else ""
+        return {"ui": {"text": relative}, "result": (scene_file,)}
+
+
+class FourDNeXLoadScene:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"scene_file": ("STRING", {
+            "default": "4dnex/scene_00001_.npz",
+            "tooltip": "A scene.npz, relative to ComfyUI's output folder (where 4DNeX Save writes) or input folder."})}}
+
+    RETURN_TYPES = ("POINTMAPS", "CAMERAS", "IMAGE")
+    RETURN_NAMES = ("point_maps", "cameras", "rgb_frames")
+    FUNCTION = "load"
+    CATEGORY = "4DNeX/io"
+    DESCRIPTION = ("Loads a scene.npz (from 4DNeX Save or `fourdnex generate`). cameras is empty when the scene was "
+                   "not post-optimized; run 4DNeX Post-Optimize on its point maps then.")
+
+    def load(self, scene_file):
+        for root in (comfy.output_directory(), comfy.input_directory()):
+            folder, name = safe_output_folder(root, scene_file)
+            if (folder / name).is_file():
+                point_maps, cameras = point_maps_from_scene(load_scene(folder / name))
+                return (point_maps, cameras, point_maps.rgb)
+        raise FileNotFoundError(f"No scene file {scene_file!r} in ComfyUI's output or input folder; save one with "
+                                "4DNeX Save (it prints the file name) or copy a scene.npz into input/.")
+
+
+class FourDNeXRenderNovelView:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "point_clouds": ("POINTCLOUDS", {"tooltip": "Point clouds of a post-optimized scene (with cameras)."}),
+                "trajectory": (list(TRAJECTORIES), {"default": "orbit",
+                                                    "tooltip": "orbit around what the first camera looks at, dolly "
+                                                               "along its axis, the recovered path, or it offset."}),
+                "num_views": ("INT", {"default": 0, "min": 0, "max": 10000,
+                                      "tooltip": "Views for orbit and dolly; 0 is the scene's frame count."}),
+                "arc_degrees": ("FLOAT", {"default": 30.0, "min": -360.0, "max": 360.0, "step": 1.0,
+                                          "tooltip": "Orbit sweep, centred on the first camera."}),
+                "distance": ("FLOAT", {"default": 0.3, "min": -10.0, "max": 10.0, "step": 0.05,
+                                       "tooltip": "Dolly travel in median depths, + forward."}),
+                "offset_x": ("FLOAT", {"default": 0.1, "min": -10.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "path-offset shift to the right, in median depths."}),
+                "offset_y": ("FLOAT", {"default": 0.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "path-offset shift down, in median depths."}),
+                "offset_z": ("FLOAT", {"default": 0.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "path-offset shift forward, in median depths."}),
+                "time_frame": ("INT", {"default": -1, "min": -1, "max": 10000,
+                                       "tooltip": "Show this scene frame from every view; -1 plays the scene along "
+                                                  "the path."}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
+                                  "tooltip": "Output width; 0 is the scene's."}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
+                                   "tooltip": "Output height; 0 is the scene's."}),
+                "point_size": ("INT", {"default": 1, "min": 1, "max": 16,
+                                       "tooltip": "Side of each point's square splat in pixels."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    FUNCTION = "render"
+    CATEGORY = "4DNeX/geometry"
+    DESCRIPTION = ("Renders the point clouds from a novel camera trajectory (distances in units of the first "
+                   "frame's median depth) as an IMAGE batch; connect it to a video save node.")
+
+    def render(self, point_clouds, trajectory, num_views, arc_degrees, distance, offset_x, offset_y, offset_z,
+               time_frame, width, height, point_size, unique_id=None):
+        scene = point_clouds.scene
+        poses = trajectory_poses(scene, trajectory, num_views or scene.num_frames, arc_degrees, distance,
+                           (offset_x, offset_y, offset_z))
+        clouds = point_clouds.clouds()
+        if time_frame >= 0:
+            if time_frame >= len(clouds):
+                raise ValueError(f"time_frame must be below the scene's {len(clouds)} frames, or -1.")
+            clouds = [clouds[time_frame]]
+        progress = comfy.Progress(poses.shape[0], unique_id)
+        return (_render(clouds, torch.from_numpy(scene.K), poses, scene.rgb.shape[1:3], width, height,
+                        point_size, progress),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "FourDNeXPostOptimize": FourDNeXPostOptimize,
+    "FourDNeXPointClouds": FourDNeXPointClouds,
+    "FourDNeXPointCloudPreview": FourDNeXPointCloudPreview,
+    "FourDNeXSave": FourDNeXSave,
+    "FourDNeXLoadScene": FourDNeXLoadScene,
+    "FourDNeXRenderNovelView": FourDNeXRenderNovelView,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FourDNeXPostOptimize": "4DNeX Post-Optimize (cameras, depth)",
+    "FourDNeXPointClouds": "4DNeX Point Clouds",
+    "FourDNeXPointCloudPreview": "4DNeX Point Cloud Preview (4D viewer)",
+    "FourDNeXSave": "4DNeX Save (NPZ, PLY, GLB, cameras)",
+    "FourDNeXLoadScene": "4DNeX Load Scene",
+    "FourDNeXRenderNovelView": "4DNeX Render Novel View",
+}

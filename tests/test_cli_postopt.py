@@ -1,0 +1,91 @@
+"""``fourdnex postopt DIR`` on real scene.npz files."""
+
+import numpy as np
+import pytest
+import torch
+
+from fourdnex_core.cli import main
+from fourdnex_core.geometry.cameras import rotation_angle_degrees
+from fourdnex_core.geometry.synthetic import make_synthetic_scene
+from fourdnex_core.scene_file import Scene, load_scene, save_scene
+
+FRAMES, HEIGHT, WIDTH = 4, 24, 36
+
+
+@pytest.fixture()
+def scene_dir(tmp_path):
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, invalid_fraction=0.02, seed=21)
+    save_scene(scene.to_scene_file(), tmp_path / "scene.npz")
+    return tmp_path, scene
+
+
+def test_postopt_adds_cameras_depth_and_residuals(scene_dir, capsys):
+    directory, truth = scene_dir
+    assert main(["postopt", str(directory)]) == 0
+    written = load_scene(directory / "scene.npz")
+    np.testing.assert_array_equal(written.xyz, truth.xyz.numpy())
+    assert written.depth.shape == (FRAMES, HEIGHT, WIDTH) and written.residuals.shape == (FRAMES,)
+    np.testing.assert_allclose(written.K, truth.K.numpy(), rtol=1e-4, atol=1e-3)
+    angles = rotation_angle_degrees(torch.from_numpy(written.cams2world[:, :3, :3]).double(),
+                                    truth.cams2world[:, :3, :3].double())
+    assert float(angles.max()) < 0.01
+    np.testing.assert_array_equal(written.mask, truth.valid.numpy())
+    valid = written.mask
+    np.testing.assert_allclose(written.depth[valid], truth.depth.numpy()[valid], rtol=1e-3)
+    output = capsys.readouterr().out
+    assert f"post-optimized {FRAMES} frames of {HEIGHT}x{WIDTH}" in output and "fx" in output
+    assert f"points left out (non-finite or masked): {int((~truth.valid).sum())}" in output
+
+
+def test_existing_mask_is_respected(scene_dir):
+    directory, truth = scene_dir
+    scene = load_scene(directory / "scene.npz")
+    mask = np.ones((FRAMES, HEIGHT, WIDTH), dtype=bool)
+    mask[:, :, : WIDTH // 3] = False
+    save_scene(Scene(rgb=scene.rgb, xyz=scene.xyz, mask=mask), directory / "scene.npz")
+    assert main(["postopt", str(directory)]) == 0
+    written = load_scene(directory / "scene.npz")
+    np.testing.assert_array_equal(written.mask, mask & truth.valid.numpy())
+    assert (written.depth[~written.mask] == 0).all()
+
+
+def test_known_focal_and_free_principal_point_options(scene_dir):
+    directory, truth = scene_dir
+    focal = float(truth.K[0, 0]) * 1.05
+    assert main(["postopt", str(directory), "--focal", str(focal), "--robust", "huber"]) == 0
+    written = load_scene(directory / "scene.npz")
+    assert written.K[0, 0] == pytest.approx(focal) and written.K[1, 1] == pytest.approx(focal)
+    assert main(["postopt", str(directory), "--free-principal-point"]) == 0
+    np.testing.assert_allclose(load_scene(directory / "scene.npz").K, truth.K.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_reference_solver_runs_from_the_command_line(scene_dir):
+    directory, _ = scene_dir
+    assert main(["postopt", str(directory), "--reference", "--iterations", "5"]) == 0
+    written = load_scene(directory / "scene.npz")
+    assert written.K[0, 0] == pytest.approx(1.2 * WIDTH, rel=0.01), "Adam barely moves the focal in 5 steps"
+
+
+@pytest.mark.parametrize(
+    ("setup", "arguments", "message"),
+    [
+        (None, [], "is not a folder"),
+        ("empty", [], "No scene file"),
+        ("garbage", [], "is not a valid scene file"),
+        ("all_nan", [], "usable XYZ points"),
+        ("good", ["--reference", "--focal", "100"], "--focal and --robust"),
+    ],
+)
+def test_missing_or_malformed_input_gives_a_clear_error(tmp_path, capsys, setup, arguments, message):
+    directory = tmp_path / "scene_dir"
+    if setup is not None:
+        directory.mkdir()
+    if setup == "garbage":
+        (directory / "scene.npz").write_bytes(b"not a zip file")
+    if setup in ("all_nan", "good"):
+        scene = make_synthetic_scene(2, 12, 18, seed=22).to_scene_file()
+        if setup == "all_nan":
+            scene.xyz[:] = np.nan
+        save_scene(scene, directory / "scene.npz")
+    assert main(["postopt", str(directory), *arguments]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,35 @@
+"""The pack imports as ComfyUI imports it (the repository folder as a package), without ComfyUI."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pack_imports_like_comfyui_loads_it_and_registers_every_node():
+    # ComfyUI loads custom_nodes/<folder>/__init__.py as a package named after the folder; run it
+    # in a fresh interpreter with no ComfyUI and the library not installed on the path.
+    script = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('ComfyUI_4DNeX', {str(ROOT / '__init__.py')!r},"
+        f" submodule_search_locations=[{str(ROOT)!r}])\n"
+        "pack = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['ComfyUI_4DNeX'] = pack\n"
+        "spec.loader.exec_module(pack)\n"
+        "assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules\n"
+        "print(len(pack.NODE_CLASS_MAPPINGS), pack.WEB_DIRECTORY)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", check=True)
+    count, web = result.stdout.split()
+    assert int(count) >= 15 and web == "./web"
+    assert (ROOT / "web").is_dir()
+
+
+def test_no_module_of_the_library_imports_comfyui():
+    for path in (ROOT / "fourdnex_core").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for forbidden in ("import comfy", "from comfy", "import folder_paths", "from folder_paths"):
+            assert forbidden not in text, f"{path} imports ComfyUI ({forbidden})"
+    assert importlib.util.find_spec("comfy") is None  # the tests themselves run without ComfyUI

@@ -1,0 +1,265 @@
+"""Post-optimization on synthetic scenes with known cameras, intrinsics and depth."""
+
+import logging
+
+import pytest
+import torch
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix
+
+from fourdnex_core.geometry.cameras import (
+    cams2world_matrix,
+    intrinsics_matrix,
+    pixel_grid,
+    pixel_rays,
+    project,
+    rotation_angle_degrees,
+)
+from fourdnex_core.geometry.postopt import decoded_xyz_to_scene, post_optimize
+from fourdnex_core.geometry.postopt_reference import (
+    identity_rotation_6d,
+    post_optimize_reference,
+    rotation_6d_to_matrix,
+)
+from fourdnex_core.geometry.synthetic import make_synthetic_scene
+
+FRAMES, HEIGHT, WIDTH = 7, 30, 45
+
+
+def rotation_errors(result, scene) -> torch.Tensor:
+    """Per-frame angle (degrees) between fitted and true camera rotations."""
+    return rotation_angle_degrees(result.cams2world[:, :3, :3].double(), scene.cams2world[:, :3, :3].double())
+
+
+def focal_errors(result, scene) -> torch.Tensor:
+    """Relative error of fx and fy per frame, [F, 2]."""
+    fitted = torch.stack((result.intrinsics[:, 0, 0], result.intrinsics[:, 1, 1]), dim=-1).double()
+    return (fitted / scene.K[0, 0].double() - 1).abs()
+
+
+def depth_errors(result, scene) -> torch.Tensor:
+    """Relative depth errors over the pixels that are valid and not outliers."""
+    usable = result.valid & ~scene.outliers
+    return ((result.depth.double() - scene.depth.double()).abs() / scene.depth.double())[usable]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_noise_free_scene_is_recovered_exactly(dtype):
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, seed=1, dtype=dtype)
+    result = post_optimize(scene.xyz)
+    assert result.depth.dtype == dtype and result.cams2world.dtype == dtype
+    assert float(rotation_errors(result, scene).max()) < 0.01
+    assert float(focal_errors(result, scene).max()) < 1e-3
+    assert float(depth_errors(result, scene).max()) < 1e-3
+    torch.testing.assert_close(result.K[:2, 2], scene.K[:2, 2])
+    translation_error = (result.cams2world[:, :3, 3] - scene.cams2world[:, :3, 3]).norm(dim=-1)
+    assert float(translation_error.max()) < 1e-3
+    assert float(result.residuals.max()) < 1e-4
+
+
+def test_noise_and_outliers_stay_within_one_degree_and_two_percent():
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, noise=0.01, outlier_fraction=0.05, seed=2)
+    result = post_optimize(scene.xyz)
+    assert float(rotation_errors(result, scene).max()) < 1.0
+    assert float(focal_errors(result, scene).max()) < 0.02
+    assert float(depth_errors(result, scene).median()) < 0.02
+
+
+def test_robust_loss_beats_plain_least_squares_on_outliers():
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, noise=0.005, outlier_fraction=0.1, seed=4)
+    robust = post_optimize(scene.xyz, robust="cauchy")
+    plain = post_optimize(scene.xyz, robust="none")
+    assert float(rotation_errors(robust, scene).mean()) < float(rotation_errors(plain, scene).mean())
+    assert float(focal_errors(robust, scene).mean()) < float(focal_errors(plain, scene).mean())
+
+
+def test_nan_and_inf_points_are_masked_counted_and_never_propagated():
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, invalid_fraction=0.1, seed=3)
+    assert not bool(torch.isfinite(scene.xyz).all())
+    result = post_optimize(scene.xyz)
+    assert torch.equal(result.valid, scene.valid)
+    assert result.num_invalid.tolist() == (~scene.valid).flatten(1).sum(dim=1).tolist()
+    for field in (result.intrinsics, result.cams2world, result.depth, result.points, result.point_errors,
+                  result.residuals):
+        assert bool(torch.isfinite(field).all())
+    assert bool((result.depth[~scene.valid] == 0).all())
+    assert float(rotation_errors(result, scene).max()) < 0.01
+    assert float(depth_errors(result, scene).max()) < 1e-3
+
+
+def test_mask_drops_pixels():
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, outlier_fraction=0.3, seed=5)
+    result = post_optimize(scene.xyz, mask=~scene.outliers, robust="none")
+    assert torch.equal(result.valid, ~scene.outliers)
+    assert result.num_invalid.tolist() == scene.outliers.flatten(1).sum(dim=1).tolist()
+    assert float(rotation_errors(result, scene).max()) < 0.01, "with outliers masked, plain least squares is exact"
+
+
+def test_no_camera_is_assumed_to_be_the_identity():
+    """Moving, rotating and scaling the XYZ world moves the cameras the same way; K is unchanged."""
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, seed=6, dtype=torch.float64)
+    rotation = axis_angle_to_rotation_matrix(torch.tensor([[0.4, -0.9, 0.3]], dtype=torch.float64))[0]
+    shift, scale = torch.tensor([3.0, -2.0, 10.0], dtype=torch.float64), 7.5
+    moved = scale * scene.xyz @ rotation.T + shift
+    result = post_optimize(moved)
+    transform = cams2world_matrix(scale * rotation, shift)
+    expected = transform @ scene.cams2world
+    expected[:, :3, :3] /= scale
+    torch.testing.assert_close(result.cams2world, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(result.K, scene.K)
+    torch.testing.assert_close(result.depth, scale * scene.depth)
+
+
+def test_registered_points_lie_on_their_pixel_rays():
+    scene = make_synthetic_scene(3, HEIGHT, WIDTH, noise=0.02, seed=8, dtype=torch.float64)
+    result = post_optimize(scene.xyz)
+    uv, depth = project(result.points.reshape(3, -1, 3), result.K, result.cams2world)
+    torch.testing.assert_close(uv, pixel_grid(HEIGHT, WIDTH, dtype=torch.float64).reshape(1, -1, 2).expand_as(uv))
+    torch.testing.assert_close(depth, result.depth.reshape(3, -1))
+    torch.testing.assert_close(result.point_errors, (result.points - scene.xyz).norm(dim=-1))
+
+
+def test_residuals_match_the_noise_level():
+    """The fitted cameras explain noisy XYZ about as well as the true cameras do, not better by much."""
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, noise=0.01, seed=9, dtype=torch.float64)
+    result = post_optimize(scene.xyz)
+    rays = torch.einsum("fij,hwj->fhwi", scene.cams2world[:, :3, :3], pixel_rays(scene.K, HEIGHT, WIDTH))
+    offsets = scene.xyz - scene.cams2world[:, None, None, :3, 3]
+    along = (offsets * rays).sum(-1, keepdim=True) / (rays * rays).sum(-1, keepdim=True)
+    true_distances = (offsets - along * rays).norm(dim=-1)
+    true_residuals = true_distances.flatten(1).median(dim=1).values
+    assert bool((result.residuals <= 1.05 * true_residuals).all())
+    assert bool((result.residuals >= 0.8 * true_residuals).all())
+
+
+def test_free_principal_point_is_recovered():
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, principal_point=(25.0, 12.0), seed=10, dtype=torch.float64)
+    result = post_optimize(scene.xyz, fix_principal_point=False)
+    torch.testing.assert_close(result.K, scene.K)
+    fixed = post_optimize(scene.xyz)
+    torch.testing.assert_close(fixed.K[:2, 2], torch.tensor([(WIDTH - 1) / 2, (HEIGHT - 1) / 2], dtype=torch.float64))
+
+
+def test_per_frame_focal_when_not_shared():
+    """Frames from two scenes with different lenses: each frame gets its own focal."""
+    wide = make_synthetic_scene(3, HEIGHT, WIDTH, focal=30.0, seed=11, dtype=torch.float64)
+    tele = make_synthetic_scene(3, HEIGHT, WIDTH, focal=60.0, seed=12, dtype=torch.float64)
+    result = post_optimize(torch.cat((wide.xyz, tele.xyz)), share_focal=False)
+    expected = torch.tensor([30.0] * 3 + [60.0] * 3, dtype=torch.float64)
+    torch.testing.assert_close(result.intrinsics[:, 0, 0], expected)
+    torch.testing.assert_close(result.intrinsics[:, 1, 1], expected)
+    with pytest.raises(ValueError, match="per frame"):
+        _ = result.K
+
+
+def test_known_focal_is_kept():
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, noise=0.01, seed=13)
+    focal = float(scene.K[0, 0])
+    result = post_optimize(scene.xyz, focal=focal)
+    assert float(result.K[0, 0]) == pytest.approx(focal) and float(result.K[1, 1]) == pytest.approx(focal)
+    assert float(rotation_errors(result, scene).max()) < 1.0
+
+
+def planar_scene(frames: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A tilted plane seen by a panning, sliding camera. Returns (xyz, K, camera rotations)."""
+    K = intrinsics_matrix(*(torch.tensor(value, dtype=torch.float64) for value in (40.0, 40.0, 22.0, 14.5)))
+    axis_angle = torch.zeros(frames, 3, dtype=torch.float64)
+    axis_angle[:, 1] = torch.linspace(0.0, 0.2, frames)
+    rotation = axis_angle_to_rotation_matrix(axis_angle)
+    translation = torch.zeros(frames, 3, dtype=torch.float64)
+    translation[:, 0] = torch.linspace(0.0, 0.5, frames)
+    directions = torch.einsum("fij,hwj->fhwi", rotation, pixel_rays(K, HEIGHT, WIDTH))
+    normal, offset = torch.tensor([0.0, 0.6, -0.8], dtype=torch.float64), -3.0
+    along = (offset - translation @ normal)[:, None, None] / (directions @ normal)
+    return translation[:, None, None] + along[..., None] * directions, K, rotation
+
+
+def test_planar_scene_is_recovered():
+    """All points on one plane: no linear camera exists, so focal and poses come from plane homographies."""
+    xyz, K, rotation = planar_scene(5)
+    result = post_optimize(xyz)
+    assert float(rotation_angle_degrees(result.cams2world[:, :3, :3], rotation).max()) < 0.01
+    torch.testing.assert_close(result.K, K)
+    assert bool((result.depth > 0).all())
+
+
+def test_planar_and_solid_frames_together_with_noise():
+    planar_xyz, K, planar_rotation = planar_scene(4)
+    solid = make_synthetic_scene(4, HEIGHT, WIDTH, focal=40.0, seed=18, dtype=torch.float64)
+    xyz = torch.cat((solid.xyz, planar_xyz))
+    generator = torch.Generator().manual_seed(0)
+    noisy = xyz + 0.01 * xyz[..., 2:].abs() * torch.randn(xyz.shape, generator=generator, dtype=torch.float64)
+    result = post_optimize(noisy)
+    truth = torch.cat((solid.cams2world[:, :3, :3], planar_rotation))
+    assert float(rotation_angle_degrees(result.cams2world[:, :3, :3], truth).max()) < 1.0
+    assert abs(float(result.K[0, 0]) / 40.0 - 1) < 0.02
+
+
+def test_mirrored_xyz_is_reported(caplog):
+    scene = make_synthetic_scene(3, HEIGHT, WIDTH, seed=14)
+    mirrored = scene.xyz * torch.tensor([1.0, -1.0, 1.0])
+    with caplog.at_level(logging.WARNING, logger="fourdnex_core.geometry.postopt"):
+        post_optimize(mirrored)
+    assert "mirrored" in caplog.text and "y down" in caplog.text
+
+
+def test_decoded_xyz_conventions():
+    decoded = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25]])
+    torch.testing.assert_close(decoded_xyz_to_scene(decoded), torch.tensor([[-1.0, 0.0, 1.0], [1.0, -1.0, -0.5]]))
+    torch.testing.assert_close(decoded_xyz_to_scene(decoded, "release"),
+                               torch.tensor([[-0.5, 0.0, 1.0], [0.5, -0.5, 0.25]]))
+    with pytest.raises(ValueError, match="channels last"):
+        decoded_xyz_to_scene(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="'paper' or 'release'"):
+        decoded_xyz_to_scene(decoded, "opengl")
+
+
+def test_release_convention_only_changes_scale_and_offset():
+    scene = make_synthetic_scene(4, HEIGHT, WIDTH, seed=15, dtype=torch.float64)
+    decoded = (scene.xyz / 10.0 + 1.0) / 2.0
+    paper = post_optimize(decoded_xyz_to_scene(decoded, "paper"))
+    release = post_optimize(decoded_xyz_to_scene(decoded, "release"))
+    torch.testing.assert_close(release.K, paper.K)
+    torch.testing.assert_close(release.cams2world[:, :3, :3], paper.cams2world[:, :3, :3])
+    shift = torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(release.cams2world[:, :3, 3], paper.cams2world[:, :3, 3] / 2 + shift)
+    torch.testing.assert_close(release.depth, paper.depth / 2)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda xyz: post_optimize(xyz[0]), r"\[F, H, W, 3\]"),
+        (lambda xyz: post_optimize(xyz.to(torch.int32)), "float tensor"),
+        (lambda xyz: post_optimize(xyz, mask=torch.ones(2, 3, 4, dtype=torch.bool)), "mask must be"),
+        (lambda xyz: post_optimize(xyz, robust="tukey"), "Unknown robust loss"),
+        (lambda xyz: post_optimize(xyz, focal=-3.0), "focal must be a positive"),
+        (lambda xyz: post_optimize(torch.where(torch.arange(2)[:, None, None, None] == 1, torch.nan, xyz)),
+         r"Frames \[1\] have fewer than"),
+    ],
+)
+def test_bad_input_raises_clear_errors(call, message):
+    xyz = make_synthetic_scene(2, 12, 18, seed=16).xyz
+    with pytest.raises(ValueError, match=message):
+        call(xyz)
+
+
+def test_6d_identity_is_a_rotation_and_the_release_start_is_not():
+    torch.testing.assert_close(rotation_6d_to_matrix(identity_rotation_6d(2)), torch.eye(3).expand(2, 3, 3))
+    equal_columns = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    matrix = rotation_6d_to_matrix(equal_columns)
+    assert not torch.allclose(matrix.T @ matrix, torch.eye(3), atol=1e-3)
+
+
+def test_reference_mode_starts_like_the_release_and_lowers_the_error():
+    scene = make_synthetic_scene(3, 12, 18, invalid_fraction=0.05, seed=17)
+    start = post_optimize_reference(scene.xyz, iterations=0, progress=False)
+    torch.testing.assert_close(start.cams2world, torch.eye(4).expand(3, 4, 4))
+    torch.testing.assert_close(start.K, intrinsics_matrix(*torch.tensor([1.2 * 18, 1.2 * 12, 8.5, 5.5]).unbind()))
+    trained = post_optimize_reference(scene.xyz, iterations=150, progress=False)
+    assert bool(torch.isfinite(trained.cams2world).all()) and bool(torch.isfinite(trained.depth).all())
+    def mean_squared_error(result):  # the objective Adam minimises
+        return float((result.point_errors[result.valid] ** 2).mean())
+
+    assert mean_squared_error(trained) < 0.5 * mean_squared_error(start)
+    ours = post_optimize(scene.xyz)
+    assert float(rotation_errors(ours, scene).max()) < float(rotation_errors(trained, scene).max())

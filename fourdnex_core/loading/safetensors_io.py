@@ -94,6 +94,11 @@ class SafetensorsHeader:
     entries: dict[str, TensorEntry]
     metadata: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Tensor shapes by name."""
+        return {name: entry.shape for name, entry in self.entries.items()}
+
 
 def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     """Parse and validate the header of a safetensors file; no tensor data is read.

@@ -3,7 +3,7 @@
 Writes the tiny random-weight model set, two synthetic 4D clips (simple layout), prepares them
 with the real encoders and trains a LoRA on the tiny transformer loaded from its ComfyUI file.
 Prints the loss curve (means over windows of steps) and how much the trained LoRA changes the
-sampler's output, as a Markdown table for docs/bench/train_tiny.md.
+sampler's output, as a Markdown table for BENCHMARKS.md.
 
     python benchmarks/train_tiny_run.py --steps 300 --workdir /tmp/fourdnex_train_tiny
 """

@@ -35,7 +35,7 @@ def test_math_backend_matches_sdpa_and_touches_no_other_model():
     active = _AttentionBackendRegistry.get_active_backend()[0]
     assert set_attention_backend(model, "math", "cpu") == 2 * TINY_TRANSFORMER["num_layers"]
     math = _run(model)
-    torch.testing.assert_close(math, reference, rtol=0, atol=1e-5)  # measured 1e-6 (docs/bench/lowvram.md)
+    torch.testing.assert_close(math, reference, rtol=0, atol=1e-5)  # measured 1e-6 (BENCHMARKS.md)
     assert _AttentionBackendRegistry.get_active_backend()[0] == active  # no process-wide change
     assert torch.equal(_run(other), reference)
     set_attention_backend(model, "sdpa", "cpu")

@@ -36,7 +36,7 @@ def test_tiled_decode_covers_the_frame_and_counts_its_calls(vae):
     assert len(calls) == expected_calls == 2 * 2 * 3  # 2 latent frames x (2 rows x 3 columns of tiles)
     difference = (tiled - reference).abs()
     assert difference.max() > 0  # tiles see less context than the whole frame: not exact ...
-    assert difference.mean() < reference.abs().mean()  # ... but the same picture (measured: docs/bench/lowvram.md)
+    assert difference.mean() < reference.abs().mean()  # ... but the same picture (measured: BENCHMARKS.md)
     assert not vae.use_tiling  # settings restored after the block
 
 

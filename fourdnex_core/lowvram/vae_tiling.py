@@ -5,7 +5,7 @@ the whole causal pass over time with its own feature cache, and neighbouring til
 are blended linearly (vertical, then horizontal) across the overlap. This module sets it up with
 sizes in pixels and checks them, and counts the decoder calls for progress bars. Memory then
 scales with the tile instead of the frame; the output differs from the untiled one only near
-tile seams (measured in ``docs/bench/lowvram.md``).
+tile seams (measured in ``BENCHMARKS.md``).
 """
 
 from __future__ import annotations

@@ -88,7 +88,10 @@ def load_scene(path: str | Path) -> Scene:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except ValueError as error:
-        raise ValueError(f"{path} is not a valid scene file (it may hold pickled objects): {error}") from error
+        raise ValueError(
+            f"{path} is not a scene .npz file: it is truncated, another kind of file, or holds pickled "
+            f"objects (refused). Write it again with `fourdnex generate` ({error})."
+        ) from error
     except Exception as error:  # zipfile.BadZipFile, OSError, EOFError
         raise ValueError(f"{path} could not be read as a scene .npz file ({error}); it may be truncated.") from error
     missing = [key for key in ("rgb", "xyz") if key not in arrays]

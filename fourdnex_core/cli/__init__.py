@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-# Subcommand name -> module in this package. Modules are imported only when listed here.
+# Subcommand name -> module in this package.
 SUBCOMMANDS = {
     "generate": "generate",
     "make-tiny": "make_tiny",
@@ -28,12 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(f"{__name__}.{module_name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{module_name}":
-                raise
-            continue  # subcommand not built yet
+        module = importlib.import_module(f"{__name__}.{module_name}")
         subparser = module.add_parser(subparsers)
         subparser.set_defaults(handler=module.run)
     return parser

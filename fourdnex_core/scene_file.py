@@ -90,7 +90,7 @@ def load_scene(path: str | Path) -> Scene:
     except ValueError as error:
         raise ValueError(
             f"{path} is not a scene .npz file: it is truncated, another kind of file, or holds pickled "
-            f"objects (refused). Write it again with `fourdnex generate` ({error})."
+            "objects (refused). Write it again with `fourdnex generate`."
         ) from error
     except Exception as error:  # zipfile.BadZipFile, OSError, EOFError
         raise ValueError(f"{path} could not be read as a scene .npz file ({error}); it may be truncated.") from error

@@ -132,7 +132,7 @@ def test_render_user_poses_works_without_recovered_cameras(scene_dir, points_onl
     (["render", "{scene}", "--time-frame", "9"], "--time-frame must be in 0..4"),
     (["render", "{scene}", "--background", "0", "2", "0"], "in [0, 1]"),
     (["export", "{missing}"], "No scene folder"),
-    (["export", "{bad}"], "is not a valid scene file"),
+    (["export", "{bad}"], "is not a scene .npz file"),
 ])
 def test_cli_errors_name_the_problem(argv, message, scene_dir, points_only_dir, tmp_path, capsys):
     bad = tmp_path / "bad"

@@ -71,7 +71,7 @@ def test_reference_solver_runs_from_the_command_line(scene_dir):
     [
         (None, [], "is not a folder"),
         ("empty", [], "No scene file"),
-        ("garbage", [], "is not a valid scene file"),
+        ("garbage", [], "is not a scene .npz file"),
         ("all_nan", [], "usable XYZ points"),
         ("good", ["--reference", "--focal", "100"], "--focal and --robust"),
     ],

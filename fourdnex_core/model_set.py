@@ -19,7 +19,7 @@ from .loading.locate import locate
 from .loading.text_encoder_loader import load_text_encoder
 from .loading.transformer_loader import load_transformer
 from .loading.vae_loader import load_vae
-from .lora import attach_lora, fuse_lora, load_domain_embeddings, read_lora, set_domain_embeddings
+from .lora import attach_lora, eight_bit_targets, fuse_lora, load_domain_embeddings, read_lora, set_domain_embeddings
 from .pipeline import FourDNeXPipeline
 from .transformer import FourDNeXTransformer3DModel
 
@@ -92,7 +92,10 @@ def apply_4dnex_lora(
     """Apply the 4DNeX LoRA and domain embeddings to ``transformer`` (in place).
 
     Strength 1.0 is the LoRA's own training scale alpha/rank (for the released LoRA: the
-    release's fuse at 0.5). Returns the fused/attached handle (``.remove()`` undoes the LoRA).
+    release's fuse at 0.5). ``fuse`` adds the update to the weights (no cost per step); fp8
+    weights (ComfyUI's ``_fp8_scaled`` / ``_fp8_e4m3fn`` files) cannot hold it, so the LoRA is
+    attached unfused to those whatever ``fuse`` says. Returns the fused/attached handle
+    (``.remove()`` undoes the LoRA).
     """
     lora_path, embeddings_path = resolve_lora(lora, domain_embeddings)
     lora_file = read_lora(lora_path, transformer)
@@ -105,8 +108,13 @@ def apply_4dnex_lora(
         )
     else:
         set_domain_embeddings(transformer, embeddings)
-    apply = fuse_lora if fuse else attach_lora
-    return apply(transformer, list(lora_file.layers), strength)
+    layers = list(lora_file.layers)
+    eight_bit = eight_bit_targets(transformer, layers) if fuse else []
+    if eight_bit:
+        logger.info("%d LoRA target weights are fp8: attaching the LoRA unfused (fusing would round it away).",
+                    len(eight_bit))
+    apply = fuse_lora if fuse and not eight_bit else attach_lora
+    return apply(transformer, layers, strength)
 
 
 def load_pipeline(

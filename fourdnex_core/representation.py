@@ -32,30 +32,37 @@ SIDE_MULTIPLE = 16
 MASK_XYZ_FIRST_FRAME = 0.5
 
 
+def _frame_count_problem(num_frames: int) -> str | None:
+    if num_frames >= 1 and (num_frames - 1) % TEMPORAL_COMPRESSION == 0:
+        return None
+    lower = max(1, (num_frames - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION + 1)
+    return (f"num_frames must be 4k+1 (1, 5, ..., 45, 49, ...), got {num_frames}; "
+            f"use {lower} or {lower + TEMPORAL_COMPRESSION}")
+
+
+def _side_problem(name: str, side: int) -> str | None:
+    if side >= SIDE_MULTIPLE and side % SIDE_MULTIPLE == 0:
+        return None
+    lower = max(SIDE_MULTIPLE, side // SIDE_MULTIPLE * SIDE_MULTIPLE)
+    return f"{name} must be a positive multiple of {SIDE_MULTIPLE}, got {side}; use {lower} or {lower + SIDE_MULTIPLE}"
+
+
 def check_video_size(num_frames: int, height: int, width: int) -> None:
     """Raise a ValueError naming the nearest valid values if the size cannot be generated.
 
     ``height`` and ``width`` are per modality (480 x 720 by default: the fused video is 2x wider).
     """
-    problems = []
-    if num_frames < 1 or (num_frames - 1) % TEMPORAL_COMPRESSION:
-        lower = max(1, (num_frames - 1) // TEMPORAL_COMPRESSION * TEMPORAL_COMPRESSION + 1)
-        problems.append(
-            f"num_frames must be 4k+1 (1, 5, ..., 45, 49, ...), got {num_frames}; "
-            f"use {lower} or {lower + TEMPORAL_COMPRESSION}"
-        )
-    for name, side in (("height", height), ("width", width)):
-        if side < SIDE_MULTIPLE or side % SIDE_MULTIPLE:
-            lower = max(SIDE_MULTIPLE, side // SIDE_MULTIPLE * SIDE_MULTIPLE)
-            problems.append(
-                f"{name} must be a positive multiple of {SIDE_MULTIPLE}, got {side}; use {lower} or {lower + SIDE_MULTIPLE}"
-            )
+    problems = [_frame_count_problem(num_frames), _side_problem("height", height), _side_problem("width", width)]
+    problems = [problem for problem in problems if problem]
     if problems:
         raise ValueError("Impossible video size: " + "; ".join(problems) + ".")
 
 
 def latent_frames(num_frames: int) -> int:
-    """Latent frames for ``num_frames`` video frames (49 -> 13)."""
+    """Latent frames for ``num_frames`` video frames (49 -> 13); a count that is not 4k+1 is an error."""
+    problem = _frame_count_problem(num_frames)
+    if problem:
+        raise ValueError(f"Impossible video length: {problem}.")
     return (num_frames - 1) // TEMPORAL_COMPRESSION + 1
 
 
@@ -199,6 +206,7 @@ def condition_video(image: torch.Tensor, xyz_init: torch.Tensor, num_frames: int
     """
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"The condition image must be [3, H, W], got {tuple(image.shape)}.")
+    check_video_size(num_frames, image.shape[1], image.shape[2])
     first = fuse_width(image, xyz_init.to(image))  # [3, H, 2W]
     video = first.new_zeros(3, num_frames, *first.shape[1:])
     video[:, 0] = first
@@ -227,8 +235,9 @@ def condition_mask(
     """
     if latent_width % 2:
         raise ValueError(f"The wide latent width must be even (RGB | XYZ), got {latent_width}.")
+    frames = latent_frames(num_frames)
     per_frame = torch.zeros(num_frames + TEMPORAL_COMPRESSION - 1, latent_height, latent_width, dtype=dtype, device=device)
     per_frame[:TEMPORAL_COMPRESSION, :, : latent_width // 2] = 1.0
     per_frame[:TEMPORAL_COMPRESSION, :, latent_width // 2:] = xyz_first_frame
-    folded = per_frame.view(latent_frames(num_frames), TEMPORAL_COMPRESSION, latent_height, latent_width)
+    folded = per_frame.view(frames, TEMPORAL_COMPRESSION, latent_height, latent_width)
     return folded.transpose(0, 1).unsqueeze(0)

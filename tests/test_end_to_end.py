@@ -1,6 +1,7 @@
 """The tiny model set in both layouts, the pipeline end to end, and the generate/demo CLI."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 from safetensors import safe_open
 
 from fourdnex_core.cli import main
+from fourdnex_core.loading.fp8 import FP8Linear, is_fp8_dtype
+from fourdnex_core.loading.single_file_writers import save_transformer_single_file
 from fourdnex_core.loading.transformer_loader import load_transformer
 from fourdnex_core.model_set import ModelLocations, load_pipeline
 from fourdnex_core.sampler import SamplingSettings
@@ -121,3 +124,55 @@ def test_module_entry_point_lists_every_subcommand():
                             check=True)
     for command in ("generate", "make-tiny", "demo", "postopt", "export", "render", "convert-lora"):
         assert command in result.stdout
+
+
+def test_fp8_transformer_takes_the_lora_unfused(tiny, tmp_path):
+    bf16 = load_transformer(tiny.comfy_models, model_cls=FourDNeXTransformer3DModel, dtype=torch.float32)
+    fp8_file = save_transformer_single_file(bf16, tmp_path / "wan2.1_i2v_480p_14B_fp8_scaled.safetensors",
+                                            fp8="scaled")
+    base = load_pipeline(ModelLocations(models=tiny.comfy_models, transformer=fp8_file))
+    with_lora = load_pipeline(ModelLocations(models=tiny.comfy_models, transformer=fp8_file, lora=tiny.comfy_lora))
+    fp8_layers = [m for m in with_lora.transformer.modules() if isinstance(m, FP8Linear)]
+    assert fp8_layers and all(is_fp8_dtype(m.weight.dtype) for m in fp8_layers)  # weights stay fp8
+    assert any(m._forward_hooks for m in fp8_layers)  # the LoRA is attached, not fused
+    assert not torch.allclose(_generate(base).latent, _generate(with_lora).latent, atol=1e-3)
+
+
+def test_generate_cli_reports_corrupt_lora_and_embeddings_files(tiny, tmp_path, capsys):
+    def run_with(*lora_args):
+        return main(["generate", str(EXAMPLE), "--out", str(tmp_path / "out"), "--models", str(tiny.comfy_models),
+                     *lora_args, *SMALL])
+
+    good = tiny.comfy_lora.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good[: len(good) // 2])
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    for path in (truncated, garbage):
+        assert run_with("--lora", str(path)) == 2
+        assert f"{path} is not a valid safetensors file" in capsys.readouterr().err
+    embeddings = tiny.diffusers_lora / "learnable_domain_embeddings.pt"
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(embeddings.read_bytes()[:100])
+    assert run_with("--lora", str(tiny.diffusers_lora), "--domain-embeddings", str(cut)) == 2
+    assert f"{cut} is not a readable torch file" in capsys.readouterr().err
+
+
+def test_generate_cli_names_the_flag_for_ambiguous_weight_files(tiny, tmp_path, capsys):
+    models = tmp_path / "models"
+    shutil.copytree(tiny.comfy_models, models)
+    known = models / "diffusion_models" / "wan2.1_i2v_480p_14B_bf16.safetensors"
+    shutil.copy(known, models / "diffusion_models" / "my_wan_a.safetensors")
+    known.rename(models / "diffusion_models" / "my_wan_b.safetensors")
+    assert main(["generate", str(EXAMPLE), "--out", str(tmp_path / "out"), "--models", str(models), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "Several transformer candidates" in err and "--transformer PATH" in err
+
+
+def test_demo_cli_runs_every_stage(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--frames", "5", "--height", "32", "--width", "48", "--steps", "2"]) == 0
+    scene = load_scene(out / "scene.npz")
+    assert scene.rgb.shape == (5, 32, 48, 3) and scene.xyz.shape == (5, 32, 48, 3)
+    assert (out / "models" / "comfyui" / "models" / "loras" / "4dnex_lora.safetensors").is_file()
+    assert json.loads((out / "run.json").read_text())["prompt_used"].endswith("POINTMAP_STYLE.")

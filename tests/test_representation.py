@@ -100,3 +100,16 @@ def test_impossible_sizes_name_the_fix(frames, height, width, message):
 def test_valid_size_passes_and_latent_frames():
     rep.check_video_size(49, 480, 720)
     assert rep.latent_frames(49) == 13
+
+
+def test_library_functions_refuse_impossible_sizes_instead_of_reshaping():
+    with pytest.raises(ValueError, match="num_frames must be 4k\\+1.*use 5 or 9"):
+        rep.latent_frames(6)
+    with pytest.raises(ValueError, match="num_frames must be 4k\\+1"):
+        rep.condition_mask(6, 4, 10)
+    image, xyz = torch.zeros(3, 32, 48), torch.zeros(3, 32, 48)
+    with pytest.raises(ValueError, match="num_frames must be 4k\\+1"):
+        rep.condition_video(image, xyz, 6)
+    with pytest.raises(ValueError, match="width must be a positive multiple of 16, got 40"):
+        rep.condition_video(torch.zeros(3, 32, 40), torch.zeros(3, 32, 40), 5)
+    assert rep.condition_video(image, xyz, 5).shape == (1, 3, 5, 32, 96)

@@ -237,5 +237,6 @@ def _pick_comfy_file(models: Path, component: str, file_name: str | None) -> Pat
         )
     raise ValueError(
         f"Several {component} candidates in {folders} and none has a known name (found: {listing}). "
-        f"Known names: {expected}. Pass the file name to use (file_name=...)."
+        f"Known names: {expected}. Pass the file itself: --{component.replace('_', '-')} PATH on the command line, "
+        f"or {component}=PATH in ModelLocations (file_name=... in locate)."
     )

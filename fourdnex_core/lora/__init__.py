@@ -13,7 +13,7 @@ Typical use::
     fused.remove()  # unfuse
 """
 
-from fourdnex_core.lora.apply import AttachedLora, FusedLora, attach_lora, bind_lora, fuse_lora
+from fourdnex_core.lora.apply import AttachedLora, FusedLora, attach_lora, bind_lora, eight_bit_targets, fuse_lora
 from fourdnex_core.lora.convert import convert_release_lora, to_fourdnex_state_dict, write_fourdnex_lora
 from fourdnex_core.lora.domain_embeddings import check_domain_embeddings, load_domain_embeddings, set_domain_embeddings
 from fourdnex_core.lora.formats import (
@@ -37,6 +37,7 @@ __all__ = [
     "bind_lora",
     "check_domain_embeddings",
     "convert_release_lora",
+    "eight_bit_targets",
     "fuse_lora",
     "linear_module_names",
     "load_domain_embeddings",

@@ -76,8 +76,18 @@ def _add_update(linear: nn.Linear, layer: LoraLayer, scale: float) -> None:
     weight.copy_(torch.addmm(weight.float(), up, down, alpha=scale).to(weight.dtype))
 
 
+def _eight_bit(bound: list[tuple[nn.Linear, LoraLayer]]) -> list[str]:
+    return [layer.module for linear, layer in bound if linear.weight.dtype.itemsize == 1]
+
+
+def eight_bit_targets(model: nn.Module, layers: Sequence[LoraLayer]) -> list[str]:
+    """Module paths of the Linears targeted by ``layers`` whose weights are 8-bit (fp8): these
+    take the LoRA only unfused (:func:`attach_lora`)."""
+    return _eight_bit(bind_lora(model, layers))
+
+
 def _refuse_8bit(bound: list[tuple[nn.Linear, LoraLayer]]) -> None:
-    eight_bit = [layer.module for linear, layer in bound if linear.weight.dtype.itemsize == 1]
+    eight_bit = _eight_bit(bound)
     if eight_bit:
         raise ValueError(
             f"{len(eight_bit)} targeted weights are 8-bit ({eight_bit[0]}, ...): fusing would round most of the LoRA "

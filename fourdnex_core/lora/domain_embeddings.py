@@ -36,13 +36,20 @@ def load_domain_embeddings(path: str | PathLike) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"Domain embeddings file not found: {path}. It ships beside the LoRA as "
                                 "learnable_domain_embeddings.pt.")
+    corrupt = (f"{path} is not a readable torch file (truncated, corrupted or another format): download "
+               "learnable_domain_embeddings.pt again, or pass the LoRA file made by `fourdnex convert-lora`, "
+               "which carries the embeddings.")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):
+            raise ValueError(corrupt) from error
         raise ValueError(
             f"{path.name} holds Python objects other than tensors, which are refused (unpickling them can run "
             f"code). Re-save just the tensor with torch.save(tensor, path). Details: {str(error).splitlines()[0]}"
         ) from error
+    except (RuntimeError, EOFError) as error:  # a zip archive cut short, or no archive at all
+        raise ValueError(corrupt) from error
     return check_domain_embeddings(_unwrap(content, path.name))
 
 

@@ -50,6 +50,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from fourdnex_core.loading.safetensors_io import read_header
 from fourdnex_core.loading.wan_keys import diffusers_to_original, original_to_diffusers, strip_original_prefix
 from fourdnex_core.lora.domain_embeddings import check_domain_embeddings
 
@@ -166,6 +167,7 @@ def read_safetensors(path: str | PathLike) -> tuple[dict[str, torch.Tensor], dic
             f"{path.name}: LoRA files are read as .safetensors only (pickled .pt/.bin files can run code). "
             "Use the .safetensors release, or re-save the state dict with safetensors.torch.save_file."
         )
+    read_header(path)  # a truncated or corrupt file fails here with a message that names it
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         metadata = dict(handle.metadata() or {})
         state_dict = {key: handle.get_tensor(key) for key in handle.keys()}

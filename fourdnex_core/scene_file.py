@@ -12,9 +12,13 @@ K             [3, 3] f32          shared intrinsics, OpenCV convention (post-opt
 cams2world    [F, 4, 4] f32       camera-to-world transforms, OpenCV convention (post-opt)
 mask          [F, H, W] bool      valid points (finite, confident)
 residuals     [F] f32             post-optimization fit error per frame (scene units)
+confidence    [F, H, W] f32       optional per-point confidence >= 0 (0 or NaN: invalid);
+                                  weights post-optimization, filters point clouds
 ============  ==================  ========================================================
 
-Only ``rgb`` and ``xyz`` are required; the rest appear once post-optimization has run.
+Only ``rgb`` and ``xyz`` are required; the rest appear once post-optimization has run, and
+``confidence`` when the producer of the point maps supplies one. Reading checks each array's
+shape and dtype (``rgb`` uint8, ``mask`` bool, the rest floating point).
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-_OPTIONAL = ("depth", "K", "cams2world", "mask", "residuals")
+_OPTIONAL = ("depth", "K", "cams2world", "mask", "residuals", "confidence")
 _DTYPES = {"rgb": np.uint8, "xyz": np.float32, "depth": np.float32, "K": np.float32,
-           "cams2world": np.float32, "mask": np.bool_, "residuals": np.float32}
+           "cams2world": np.float32, "mask": np.bool_, "residuals": np.float32, "confidence": np.float32}
 
 
 @dataclasses.dataclass
@@ -40,6 +44,7 @@ class Scene:
     cams2world: np.ndarray | None = None
     mask: np.ndarray | None = None
     residuals: np.ndarray | None = None
+    confidence: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.rgb.ndim != 4 or self.rgb.shape[-1] != 3:
@@ -50,7 +55,7 @@ class Scene:
             )
         frames, height, width, _ = self.rgb.shape
         expected = {"depth": (frames, height, width), "K": (3, 3), "cams2world": (frames, 4, 4),
-                    "mask": (frames, height, width), "residuals": (frames,)}
+                    "mask": (frames, height, width), "residuals": (frames,), "confidence": (frames, height, width)}
         for key, shape in expected.items():
             value = getattr(self, key)
             if value is not None and tuple(value.shape) != shape:
@@ -100,4 +105,23 @@ def load_scene(path: str | Path) -> Scene:
     unknown = sorted(set(arrays) - set(_DTYPES))
     if unknown:
         raise ValueError(f"{path} holds unknown arrays {unknown}; expected a subset of {sorted(_DTYPES)}.")
+    _check_dtypes(path, arrays)
     return Scene(**arrays)
+
+
+def _check_dtypes(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Raise a ValueError naming the array, its dtype and the fix unless rgb is uint8, mask bool,
+    and every other array floating point."""
+    rgb = arrays["rgb"]
+    if rgb.dtype != np.uint8:
+        fix = ("for colours in [0, 1], np.clip(rgb * 255, 0, 255).round().astype(np.uint8)"
+               if np.issubdtype(rgb.dtype, np.floating) else "rgb.astype(np.uint8)")
+        raise ValueError(f"{path}: rgb must be uint8 [F, H, W, 3] with values 0..255, got {rgb.dtype}. Convert it "
+                         f"to uint8 0..255 ({fix}) and save the scene again.")
+    for key, value in arrays.items():
+        if key == "mask" and value.dtype != np.bool_:
+            raise ValueError(f"{path}: mask must be bool (True = valid point), got {value.dtype}; save "
+                             "mask.astype(bool), or a float confidence map as 'confidence'.")
+        if key not in ("rgb", "mask") and not np.issubdtype(value.dtype, np.floating):
+            raise ValueError(f"{path}: {key} must be floating point (float32), got {value.dtype}; save "
+                             f"{key}.astype(np.float32).")

@@ -1,5 +1,7 @@
 """``fourdnex postopt DIR`` on real scene.npz files."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,38 @@ def test_known_focal_and_free_principal_point_options(scene_dir):
     np.testing.assert_allclose(load_scene(directory / "scene.npz").K, truth.K.numpy(), rtol=1e-4, atol=1e-3)
 
 
+def test_npz_path_works_like_its_folder_and_shows_a_progress_bar(scene_dir, capsys):
+    directory, truth = scene_dir
+    path = directory / "scene.npz"
+    assert main(["postopt", str(path)]) == 0
+    written = load_scene(path)
+    np.testing.assert_allclose(written.K, truth.K.numpy(), rtol=1e-4, atol=1e-3)
+    assert "post-optimization" in capsys.readouterr().err, "the LM iterations show a tqdm bar"
+
+
+def test_scene_confidence_weights_points_and_min_confidence_drops_them(tmp_path):
+    truth = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, noise=0.005, outlier_fraction=0.5, seed=4)
+    confidence = np.where(truth.outliers.numpy(), 0.01, 1.0).astype(np.float32)
+    confidence[:, 0, :] = 0.0
+    path = tmp_path / "scene.npz"
+    save_scene(dataclasses.replace(truth.to_scene_file(), confidence=confidence), path)
+    assert main(["postopt", str(path)]) == 0
+    written = load_scene(path)
+    np.testing.assert_array_equal(written.confidence, confidence)
+    np.testing.assert_array_equal(written.mask, confidence > 0)
+    angles = rotation_angle_degrees(torch.from_numpy(written.cams2world[:, :3, :3]).double(),
+                                    truth.cams2world[:, :3, :3].double())
+    assert float(angles.max()) < 0.5
+    assert main(["postopt", str(path), "--min-confidence", "0.5"]) == 0
+    np.testing.assert_array_equal(load_scene(path).mask, confidence >= 0.5)
+
+
+def test_min_confidence_without_a_confidence_array_is_an_error(scene_dir, capsys):
+    directory, _ = scene_dir
+    assert main(["postopt", str(directory), "--min-confidence", "0.5"]) == 2
+    assert "needs a confidence array" in capsys.readouterr().err
+
+
 def test_reference_solver_runs_from_the_command_line(scene_dir):
     directory, _ = scene_dir
     assert main(["postopt", str(directory), "--reference", "--iterations", "5"]) == 0
@@ -69,7 +103,7 @@ def test_reference_solver_runs_from_the_command_line(scene_dir):
 @pytest.mark.parametrize(
     ("setup", "arguments", "message"),
     [
-        (None, [], "is not a folder"),
+        (None, [], "No scene folder"),
         ("empty", [], "No scene file"),
         ("garbage", [], "is not a scene .npz file"),
         ("all_nan", [], "usable XYZ points"),

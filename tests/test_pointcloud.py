@@ -68,6 +68,38 @@ def test_invalid_and_masked_points_are_dropped_with_their_colours():
     np.testing.assert_array_equal(cloud.positions, xyz[keep].astype(np.float32))
 
 
+def test_low_confidence_filtering_drops_exactly_the_low_points():
+    xyz = unproject_depth(np.full((H, W), 2.0, np.float32), K, np.eye(4))
+    confidence = np.full((H, W), 0.9, np.float32)
+    confidence[2, :5] = 0.1
+    confidence[7, 3] = 0.0
+    confidence[9, 9] = np.nan
+    no_threshold = valid_mask(xyz, confidence)
+    assert (~no_threshold).sum() == 2 and not no_threshold[7, 3] and not no_threshold[9, 9]
+    kept = valid_mask(xyz, confidence, min_confidence=0.5)
+    np.testing.assert_array_equal(kept, confidence >= 0.5)
+    cloud = frame_point_cloud(random_rgb(), xyz, confidence,
+                              point_filter=PointFilter(min_confidence=0.5, depth_edge_rtol=None, outlier_std_ratio=None))
+    assert len(cloud) == H * W - 7
+    np.testing.assert_array_equal(cloud.positions, xyz[confidence >= 0.5])
+    bool_mask = np.ones((H, W), bool)
+    np.testing.assert_array_equal(valid_mask(xyz, bool_mask, min_confidence=0.5), bool_mask)
+
+
+def test_scene_clouds_use_the_confidence_inside_the_mask():
+    frames = 2
+    xyz = np.stack([unproject_depth(np.full((H, W), 2.0, np.float32), K, np.eye(4))] * frames)
+    mask = np.ones((frames, H, W), bool)
+    mask[0, 0] = False
+    confidence = np.ones((frames, H, W), np.float32)
+    confidence[1, :, :3] = 0.2
+    scene = Scene(random_rgb(3, frames), xyz, mask=mask, confidence=confidence)
+    clouds = ScenePointClouds(scene, PointFilter(min_confidence=0.5, depth_edge_rtol=None, outlier_std_ratio=None))
+    assert len(clouds[0]) == (H - 1) * W
+    assert len(clouds[1]) == H * (W - 3)
+    assert len(ScenePointClouds(scene, NO_FILTER)[1]) == H * W
+
+
 def test_depth_edge_mask_marks_only_the_two_pixels_beside_a_step():
     depth = np.full((H, W), 2.0, np.float32)
     depth[:, W // 2:] = 5.0

@@ -94,6 +94,58 @@ def test_mask_drops_pixels():
     assert float(rotation_errors(result, scene).max()) < 0.01, "with outliers masked, plain least squares is exact"
 
 
+def test_low_confidence_on_outliers_recovers_what_no_confidence_cannot():
+    """Half the points are outliers: the robust loss alone fails, confidence weighting does not."""
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, noise=0.005, outlier_fraction=0.5, seed=4)
+    confidence = torch.where(scene.outliers, 0.01, 1.0)
+    weighted = post_optimize(scene.xyz, confidence)
+    unweighted = post_optimize(scene.xyz)
+    assert torch.equal(weighted.valid, scene.valid), "low confidence weights a point, it does not drop it"
+    assert float(rotation_errors(weighted, scene).max()) < 0.5
+    assert float(focal_errors(weighted, scene).max()) < 0.01
+    assert float(depth_errors(weighted, scene).median()) < 0.01
+    assert float(rotation_errors(unweighted, scene).max()) > 10 * float(rotation_errors(weighted, scene).max())
+    assert float(focal_errors(unweighted, scene).max()) > 10 * float(focal_errors(weighted, scene).max())
+
+
+def test_zero_nan_and_low_confidence_mark_points_invalid_and_are_counted():
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, seed=5)
+    generator = torch.Generator().manual_seed(0)
+    confidence = torch.rand(scene.xyz.shape[:3], generator=generator) + 0.5
+    confidence[:, :3] = 0.0
+    confidence[:, -2:, :5] = torch.nan
+    confidence[:, 10, :7] = 0.2
+    expected = torch.ones_like(confidence, dtype=torch.bool)
+    expected[:, :3] = expected[:, -2:, :5] = False
+    result = post_optimize(scene.xyz, confidence)
+    assert torch.equal(result.valid, expected)
+    assert result.num_invalid.tolist() == [3 * WIDTH + 2 * 5] * FRAMES
+    assert bool((result.depth[~expected] == 0).all())
+    assert float(rotation_errors(result, scene).max()) < 0.01
+    thresholded = post_optimize(scene.xyz, confidence, min_confidence=0.3)
+    expected[:, 10, :7] = False
+    assert torch.equal(thresholded.valid, expected)
+    assert thresholded.num_invalid.tolist() == [3 * WIDTH + 2 * 5 + 7] * FRAMES
+
+
+def test_a_bool_mask_and_a_confidence_of_one_give_the_same_result():
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, noise=0.01, outlier_fraction=0.1, seed=6)
+    mask = torch.ones(scene.xyz.shape[:3], dtype=torch.bool)
+    mask[:, :, :4] = False
+    from_mask, from_confidence = post_optimize(scene.xyz, mask), post_optimize(scene.xyz, mask.float())
+    assert torch.equal(from_mask.cams2world, from_confidence.cams2world)
+    assert torch.equal(from_mask.depth, from_confidence.depth)
+
+
+def test_callback_sees_every_iteration_with_its_cost():
+    scene = make_synthetic_scene(3, HEIGHT, WIDTH, noise=0.01, seed=7)
+    calls = []
+    result = post_optimize(scene.xyz, callback=lambda iteration, cost: calls.append((iteration, cost)))
+    assert result.iterations > 0
+    assert [iteration for iteration, _ in calls] == list(range(1, result.iterations + 1))
+    assert all(cost > 0 and cost < float("inf") for _, cost in calls)
+
+
 def test_no_camera_is_assumed_to_be_the_identity():
     """Moving, rotating and scaling the XYZ world moves the cameras the same way; K is unchanged."""
     scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, seed=6, dtype=torch.float64)
@@ -232,6 +284,12 @@ def test_release_convention_only_changes_scale_and_offset():
         (lambda xyz: post_optimize(xyz.to(torch.int32)), "float tensor"),
         (lambda xyz: post_optimize(xyz, mask=torch.ones(2, 3, 4, dtype=torch.bool)), "mask must be"),
         (lambda xyz: post_optimize(xyz, robust="tukey"), "Unknown robust loss"),
+        (lambda xyz: post_optimize(xyz, mask=-torch.ones(xyz.shape[:3])), "Confidence must be finite and >= 0"),
+        (lambda xyz: post_optimize(xyz, mask=torch.ones(xyz.shape[:3], dtype=torch.bool), min_confidence=0.5),
+         "needs a float confidence map"),
+        (lambda xyz: post_optimize(xyz, min_confidence=0.5), "needs a float confidence map"),
+        (lambda xyz: post_optimize(xyz, mask=torch.ones(xyz.shape[:3]), min_confidence=-1.0),
+         "min_confidence must be >= 0"),
         (lambda xyz: post_optimize(xyz, focal=-3.0), "focal must be a positive"),
         (lambda xyz: post_optimize(torch.where(torch.arange(2)[:, None, None, None] == 1, torch.nan, xyz)),
          r"Frames \[1\] have fewer than"),

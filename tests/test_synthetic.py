@@ -1,12 +1,14 @@
 """Synthetic 4D scenes: pixel alignment, ground truth, corruptions, determinism, file round trip."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from fourdnex_core.geometry.cameras import backproject, pixel_grid, project
 from fourdnex_core.geometry.synthetic import make_synthetic_scene
-from fourdnex_core.scene_file import load_scene, save_scene
+from fourdnex_core.scene_file import Scene, load_scene, save_scene
 
 FRAMES, HEIGHT, WIDTH = 5, 24, 36
 
@@ -107,6 +109,63 @@ def test_scene_file_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.xyz, scene.xyz.numpy())
     np.testing.assert_allclose(loaded.rgb / 255.0, scene.rgb.numpy(), atol=0.5 / 255 + 1e-6)
     assert loaded.depth is None and loaded.K is None, "cameras are post-optimization's job"
+
+
+def full_scene(frames: int = 2) -> Scene:
+    """A scene with every array of scene.npz set to distinct random values."""
+    rng = np.random.default_rng(0)
+    shape = (frames, HEIGHT, WIDTH)
+    return Scene(rgb=rng.integers(0, 256, (*shape, 3), dtype=np.uint8),
+                 xyz=rng.normal(size=(*shape, 3)).astype(np.float32), depth=rng.random(shape, np.float32),
+                 K=rng.random((3, 3), np.float32), cams2world=rng.random((frames, 4, 4), np.float32),
+                 mask=rng.random(shape) > 0.3, residuals=rng.random(frames, np.float32),
+                 confidence=rng.random(shape, np.float32))
+
+
+def test_scene_file_round_trips_every_array(tmp_path):
+    scene = full_scene()
+    loaded = load_scene(save_scene(scene, tmp_path / "scene.npz"))
+    for key, value in scene.arrays().items():
+        restored = getattr(loaded, key)
+        assert restored.dtype == value.dtype, key
+        np.testing.assert_array_equal(restored, value, err_msg=key)
+
+
+def test_scene_confidence_shape_is_checked():
+    scene = full_scene()
+    with pytest.raises(ValueError, match=re.escape(f"Scene.confidence must have shape (2, {HEIGHT}, {WIDTH})")):
+        Scene(rgb=scene.rgb, xyz=scene.xyz, confidence=scene.confidence[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rgb": lambda scene: scene.rgb / 255.0}, "rgb must be uint8 [F, H, W, 3] with values 0..255, got float64"),
+        ({"rgb": lambda scene: scene.rgb.astype(np.int32)}, "rgb must be uint8"),
+        ({"xyz": lambda scene: scene.xyz.astype(np.int16)}, "xyz must be floating point"),
+        ({"confidence": lambda scene: (scene.confidence * 10).astype(np.uint8)}, "confidence must be floating point"),
+        ({"mask": lambda scene: scene.mask.astype(np.uint8)}, "mask must be bool"),
+    ],
+)
+def test_scene_file_with_wrong_dtypes_is_refused_with_the_fix(tmp_path, change, message):
+    arrays = full_scene().arrays()
+    (key, make), = change.items()
+    arrays[key] = make(full_scene())
+    path = tmp_path / "scene.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        load_scene(path)
+    if key == "rgb" and "float" in message:
+        assert "Convert it to uint8 0..255" in str(error.value) and "* 255" in str(error.value)
+
+
+def test_scene_file_with_a_pickled_object_array_is_refused(tmp_path):
+    arrays = full_scene().arrays()
+    arrays["xyz"] = np.array([{"not": "an array"}], dtype=object)
+    path = tmp_path / "scene.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="pickled"):
+        load_scene(path)
 
 
 @pytest.mark.parametrize(

@@ -1,19 +1,27 @@
-"""``fourdnex postopt DIR``: add cameras, intrinsics, depth and residuals to ``DIR/scene.npz``."""
+"""``fourdnex postopt DIR``: add cameras, intrinsics, depth and residuals to ``DIR/scene.npz``.
+
+``DIR`` may also be the path of the ``.npz`` file itself. The scene's ``confidence`` array, when
+present, weights each point (and its ``mask`` still drops points); ``--min-confidence`` drops
+points below a threshold.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
+from fourdnex_core.cli.export import SCENE_FILE, scene_path
 from fourdnex_core.geometry.postopt import PostOptResult, post_optimize
 from fourdnex_core.geometry.postopt_reference import RELEASE_ITERATIONS, post_optimize_reference
 from fourdnex_core.scene_file import Scene, load_scene, save_scene
 
-SCENE_FILE = "scene.npz"
 DEFAULT_ITERATIONS = 20
 
 
@@ -22,9 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "postopt",
         help="recover cameras, intrinsics and depth from a scene's XYZ",
         description="Read DIR/scene.npz, fit one pinhole K, a camera per frame and a depth per pixel to its XYZ "
-                    "(paper eq. 9-10), and write depth, K, cams2world, mask and residuals back into the file.",
+                    "(paper eq. 9-10), and write depth, K, cams2world, mask and residuals back into the file. "
+                    "The scene's confidence array, when present, weights the points.",
     )
-    parser.add_argument("directory", type=Path, metavar="DIR", help=f"folder holding {SCENE_FILE} (written by `fourdnex generate`)")
+    parser.add_argument("directory", type=Path, metavar="DIR",
+                        help=f"folder holding {SCENE_FILE} (written by `fourdnex generate`), or the .npz file")
     parser.add_argument("--focal", type=float, default=None, help="known focal length in pixels, kept fixed")
     parser.add_argument("--free-principal-point", action="store_true",
                         help="also fit the principal point (default: fixed at the image centre)")
@@ -32,18 +42,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="robust loss against outlier points (default: cauchy)")
     parser.add_argument("--iterations", type=int, default=None,
                         help=f"solver iterations (default: {DEFAULT_ITERATIONS}; {RELEASE_ITERATIONS} with --reference)")
+    parser.add_argument("--min-confidence", type=float, default=0.0, metavar="C",
+                        help="drop points whose confidence is below C (needs a confidence array in the scene; "
+                             "--reference uses confidence only to drop points, not to weight them)")
     parser.add_argument("--reference", action="store_true",
                         help="use the release-style Adam solver instead (slow; for comparison)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    path = _scene_path(args.directory)
+    path = scene_path(args.directory)
     scene = load_scene(path)
     xyz = torch.from_numpy(scene.xyz)
-    mask = torch.from_numpy(scene.mask) if scene.mask is not None else None
     if args.reference and (args.focal is not None or args.robust != "cauchy"):
         raise ValueError("--focal and --robust belong to the default solver; drop them or drop --reference.")
+    if args.min_confidence and scene.confidence is None:
+        raise ValueError(f"--min-confidence needs a confidence array, and {path} has none; drop the option.")
+    mask = _point_mask(scene, args.min_confidence)
     started = time.perf_counter()
     if args.reference:
         iterations = RELEASE_ITERATIONS if args.iterations is None else args.iterations
@@ -51,18 +66,37 @@ def run(args: argparse.Namespace) -> int:
                                          iterations=iterations)
     else:
         iterations = DEFAULT_ITERATIONS if args.iterations is None else args.iterations
-        result = post_optimize(xyz, mask, focal=args.focal, fix_principal_point=not args.free_principal_point,
-                               iterations=iterations, robust=args.robust)
+        with tqdm(total=iterations, desc="post-optimization", unit="it") as bar:
+            result = post_optimize(xyz, mask, focal=args.focal, fix_principal_point=not args.free_principal_point,
+                                   iterations=iterations, robust=args.robust, callback=_step_bar(bar))
+            bar.total = bar.n  # converged early: show the bar complete
+            bar.refresh()
     elapsed = time.perf_counter() - started
     _write_atomically(_with_cameras(scene, result), path)
     _print_summary(result, elapsed, path)
     return 0
 
 
-def _scene_path(directory: Path) -> Path:
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a folder; pass the folder that holds {SCENE_FILE}.")
-    return directory / SCENE_FILE
+def _point_mask(scene: Scene, min_confidence: float = 0.0) -> torch.Tensor | None:
+    """What post-optimization gets as mask [F, H, W]: the confidence when the scene has one (0
+    outside the scene's mask and below ``min_confidence``), else the bool mask, else None."""
+    if scene.confidence is None:
+        return torch.from_numpy(scene.mask) if scene.mask is not None else None
+    if min_confidence < 0:
+        raise ValueError(f"--min-confidence must be >= 0, got {min_confidence}.")
+    with np.errstate(invalid="ignore"):
+        keep = scene.confidence >= min_confidence
+    if scene.mask is not None:
+        keep &= scene.mask
+    return torch.from_numpy(np.where(keep, scene.confidence, 0.0).astype(np.float32))
+
+
+def _step_bar(bar: tqdm) -> Callable[[int, float], None]:
+    """A post_optimize callback that advances ``bar`` one iteration and shows the robust cost."""
+    def step(iteration: int, cost: float) -> None:
+        bar.update(iteration - bar.n)
+        bar.set_postfix(cost=f"{cost:.3e}", refresh=False)
+    return step
 
 
 def _with_cameras(scene: Scene, result: PostOptResult) -> Scene:

@@ -7,7 +7,8 @@ OpenCV axes: x right, y down, z forward; pixel centres at integer coordinates).
 
 Filters work on the pixel grid, so they stay linear in the number of pixels:
 
-* invalid points: non-finite coordinates, or ``False`` in the scene's mask;
+* invalid points: non-finite coordinates, ``False`` in the scene's mask, or a confidence of 0,
+  NaN or below ``min_confidence`` (where the scene has a confidence map);
 * depth edges: the "flying pixels" between a foreground object and the background, where
   inverse depth jumps by more than ``depth_edge_rtol`` (needs depth: post-optimization);
 * statistical outliers: the mean distance from a point to its ``outlier_neighbors`` nearest
@@ -72,9 +73,14 @@ class PointCloud:
 
 @dataclasses.dataclass(frozen=True)
 class PointFilter:
-    """Which points to drop when a frame becomes a point cloud; ``None`` turns a filter off."""
+    """Which points to drop when a frame becomes a point cloud; ``None`` turns a filter off.
+
+    use_mask: apply the scene's validity mask and confidence map. min_confidence: also drop
+    points whose confidence is below this (only where the scene has a confidence map).
+    """
 
     use_mask: bool = True
+    min_confidence: float = 0.0
     depth_edge_rtol: float | None = 0.1
     outlier_std_ratio: float | None = 2.0
     outlier_neighbors: int = 8
@@ -126,15 +132,35 @@ def frame_points(scene: Scene, index: int) -> np.ndarray:
     return scene.xyz[index]
 
 
-def valid_mask(xyz: np.ndarray, mask: np.ndarray | None = None, depth: np.ndarray | None = None) -> np.ndarray:
-    """Points worth keeping: finite, inside ``mask`` and (when given) with positive depth.
+def frame_mask(scene: Scene, index: int) -> np.ndarray | None:
+    """Frame ``index``'s mask [H, W]: its confidence (0 outside the validity mask) when the scene
+    has a confidence map, else its bool validity mask, else None."""
+    mask = scene.mask[index] if scene.mask is not None else None
+    if scene.confidence is None:
+        return mask
+    confidence = np.asarray(scene.confidence[index], dtype=np.float32)
+    return confidence if mask is None else np.where(mask, confidence, 0.0).astype(np.float32)
 
-    xyz: [H, W, 3]; mask, depth: [H, W]. Returns [H, W] bool.
+
+def valid_mask(xyz: np.ndarray, mask: np.ndarray | None = None, depth: np.ndarray | None = None,
+               min_confidence: float = 0.0) -> np.ndarray:
+    """Points worth keeping: finite, kept by ``mask`` and (when given) with positive depth.
+
+    xyz: [H, W, 3]; depth: [H, W]; mask: [H, W] bool validity (True keeps), or float confidence
+    (kept where it is above 0 and at least ``min_confidence``; NaN drops; a bool mask ignores
+    ``min_confidence``). Returns [H, W] bool.
     """
     _check_map("xyz", xyz, 3)
+    if min_confidence < 0:
+        raise ValueError(f"min_confidence must be >= 0, got {min_confidence}.")
     keep = np.isfinite(xyz).all(axis=-1)
     if mask is not None:
-        keep &= np.asarray(mask, dtype=bool)
+        mask = np.asarray(mask)
+        if np.issubdtype(mask.dtype, np.floating):
+            with np.errstate(invalid="ignore"):
+                keep &= (mask > 0) & (mask >= min_confidence)
+        else:
+            keep &= mask.astype(bool)
     if depth is not None:
         keep &= np.isfinite(depth) & (depth > 0)
     return keep
@@ -293,16 +319,17 @@ def frame_point_cloud(rgb: np.ndarray, xyz: np.ndarray, mask: np.ndarray | None 
                       depth: np.ndarray | None = None, point_filter: PointFilter | None = None) -> PointCloud:
     """Filtered coloured points of one frame.
 
-    rgb: [H, W, 3] uint8; xyz: [H, W, 3] scene points; mask: [H, W] bool (valid pixels);
-    depth: [H, W] camera depth, needed by the depth-edge filter (without it depth edges are
-    kept). Returns a PointCloud in row-major pixel order.
+    rgb: [H, W, 3] uint8; xyz: [H, W, 3] scene points; mask: [H, W] bool (valid pixels) or
+    float confidence (see :func:`valid_mask`); depth: [H, W] camera depth, needed by the
+    depth-edge filter (without it depth edges are kept). Returns a PointCloud in row-major pixel
+    order.
     """
     _check_map("rgb", rgb, 3)
     _check_map("xyz", xyz, 3)
     if rgb.shape != xyz.shape:
         raise ValueError(f"rgb {rgb.shape} and xyz {xyz.shape} must have the same shape.")
     point_filter = point_filter or PointFilter()
-    keep = valid_mask(xyz, mask if point_filter.use_mask else None, depth)
+    keep = valid_mask(xyz, mask if point_filter.use_mask else None, depth, point_filter.min_confidence)
     if point_filter.depth_edge_rtol is not None and depth is not None:
         keep &= ~depth_edge_mask(depth, point_filter.depth_edge_rtol)
     if point_filter.outlier_std_ratio is not None:
@@ -325,6 +352,9 @@ class ScenePointClouds(Sequence[PointCloud]):
         self.method = method
         if self.point_filter.depth_edge_rtol is not None and scene.depth is None and scene.cams2world is None:
             logger.info("Scene has no cameras: depth edges are kept (run post-optimization to filter them).")
+        if self.point_filter.min_confidence > 0 and scene.confidence is None:
+            logger.info("Scene has no confidence map: min_confidence=%g is not applied.",
+                        self.point_filter.min_confidence)
 
     def __len__(self) -> int:
         return self.scene.num_frames
@@ -342,7 +372,7 @@ class ScenePointClouds(Sequence[PointCloud]):
             raise IndexError(f"Frame {index} is out of range for a scene of {len(self)} frames.")
         index %= len(self)
         scene = self.scene
-        mask = scene.mask[index] if scene.mask is not None else None
-        cloud = frame_point_cloud(scene.rgb[index], frame_points(scene, index), mask,
+        cloud = frame_point_cloud(scene.rgb[index], frame_points(scene, index), frame_mask(scene, index),
                                   frame_depth(scene, index), self.point_filter)
         return limit_points(cloud, self.max_points, self.method)
+

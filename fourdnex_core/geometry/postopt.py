@@ -22,13 +22,16 @@ remaining error ``Y - d r`` is the point's distance to the ray. So depth is elim
 Conventions: OpenCV cameras (x right, y down, z forward), pixel centres at integer
 coordinates, depth = camera-space z; see :mod:`fourdnex_core.geometry.cameras`. XYZ must be in
 scene units, see :func:`decoded_xyz_to_scene`. The world frame is the XYZ frame; no camera is
-assumed to be the identity. Non-finite points are masked out and counted, never used.
+assumed to be the identity. Non-finite points are masked out and counted, never used. A float
+confidence map, where given, multiplies each point's weight in every step (confidence weighting);
+zero or NaN confidence masks the point out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import torch
@@ -73,8 +76,9 @@ class PostOptResult:
     points: [F, H, W, 3] registered points ``R K^-1 (d [u, v, 1]) + t``; 0 where invalid.
     point_errors: [F, H, W] distance between each XYZ point and its registered point; 0 where invalid.
     residuals: [F] median point error over the valid pixels of each frame (scene units).
-    valid: [F, H, W] bool, the pixels used: finite XYZ and inside the caller's mask.
-    num_invalid: [F] int64, pixels per frame left out (non-finite or masked).
+    valid: [F, H, W] bool, the pixels used: finite XYZ, inside the caller's mask, confidence
+        above 0 and ``min_confidence``.
+    num_invalid: [F] int64, pixels per frame left out (non-finite, masked or not confident).
     shared_intrinsics: whether one K was fitted for all frames.
     iterations: solver iterations run.
     """
@@ -153,13 +157,17 @@ def post_optimize(
     robust: RobustLoss = "cauchy",
     max_points_per_frame: int | None = 4096,
     seed: int = 0,
+    min_confidence: float = 0.0,
+    callback: Callable[[int, float], None] | None = None,
 ) -> PostOptResult:
     """Recover intrinsics, camera poses and depth from XYZ frames.
 
     Args:
         xyz: [F, H, W, 3] points in scene units, in one world frame (4DNeX: the first camera's).
-        mask: [F, H, W] bool, optional; False drops a pixel (low confidence, known sky...).
-            Non-finite points are dropped either way.
+        mask: [F, H, W], optional: a bool validity mask (False drops a pixel: known sky...) or a
+            float confidence map (>= 0) whose values weight each point in the linear start and
+            the robust refinement; confidence 0 or NaN drops the pixel. Non-finite points are
+            dropped either way.
         share_focal: one K for all frames (the paper); False fits each frame's own intrinsics.
         fix_principal_point: keep ``(cx, cy)`` at the image centre ``((W-1)/2, (H-1)/2)``.
         focal: known focal length in pixels (``fx = fy``, or a ``(fx, fy)`` pair); it is then kept.
@@ -168,24 +176,28 @@ def post_optimize(
         max_points_per_frame: solve the cameras on a random sample of this many valid points per
             frame (None: all); depth and errors are always computed for every pixel.
         seed: seeds that sample.
+        min_confidence: with a confidence map, also drop the pixels whose confidence is below this.
+        callback: called as ``callback(iteration, robust_cost)`` after each Levenberg-Marquardt
+            iteration (counting from 1), e.g. to step a progress bar; fewer than ``iterations``
+            calls when the solver converges early.
     Returns:
         A :class:`PostOptResult`, in the dtype of ``xyz``.
     """
-    _check_options(focal, iterations, robust, max_points_per_frame)
-    valid = usable_points(xyz, mask)
+    _check_options(focal, iterations, robust, max_points_per_frame, min_confidence)
+    valid = usable_points(xyz, mask, min_confidence)
     _, height, width, _ = xyz.shape
     points64 = xyz.detach().to(torch.float64)
     centre, scale, precision = _scene_normalization(points64, valid, xyz.dtype)
     points_n = torch.where(valid[..., None], (points64 - centre) / scale, 0.0)
     uv = pixel_grid(height, width, dtype=torch.float64, device=xyz.device)
-    sample_index, sample_weight = _sample_pixels(valid, max_points_per_frame, seed)
+    sample_index, sample_weight = _sample_pixels(point_weights(valid, mask), max_points_per_frame, seed)
     sample_points = torch.gather(points_n.flatten(1, 2), 1, sample_index[..., None].expand(-1, -1, 3))
     sample_uv = uv.reshape(-1, 2)[sample_index]
 
     problem = _Problem(sample_uv, sample_points, sample_weight, robust, share_focal or focal is not None,
                        _free_intrinsics(fix_principal_point, focal), precision)
     state = _initial_state(problem.head(_INIT_POINTS_PER_FRAME), height, width, focal)
-    state, iterations_run = _levenberg_marquardt(problem, state, iterations)
+    state, iterations_run = _levenberg_marquardt(problem, state, iterations, callback)
 
     rotation, translation = state.rotation, state.translation * scale + centre
     intrinsics = intrinsics_matrix(*state.intrinsics.unbind(-1))
@@ -195,10 +207,11 @@ def post_optimize(
                                     shared_intrinsics=problem.shared, iterations=iterations_run)
 
 
-def usable_points(xyz: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Check XYZ frames and return the pixels a solver may use: finite and inside ``mask``.
+def usable_points(xyz: torch.Tensor, mask: torch.Tensor | None = None, min_confidence: float = 0.0) -> torch.Tensor:
+    """Check XYZ frames and return the pixels a solver may use: finite and kept by ``mask``.
 
-    xyz: [F, H, W, 3] float; mask: [F, H, W] bool or None. Returns valid: [F, H, W] bool.
+    xyz: [F, H, W, 3] float; mask: [F, H, W] bool validity, float confidence (see
+    :func:`mask_keeps`) or None. Returns valid: [F, H, W] bool.
     Raises ValueError naming the problem when shapes are wrong or a frame has too few points.
     """
     if not isinstance(xyz, torch.Tensor) or xyz.ndim != 4 or xyz.shape[-1] != 3:
@@ -210,14 +223,16 @@ def usable_points(xyz: torch.Tensor, mask: torch.Tensor | None = None) -> torch.
         raise ValueError(f"mask must be [F, H, W] = {tuple(xyz.shape[:3])} to match xyz, got {tuple(mask.shape)}.")
     valid = torch.isfinite(xyz).all(dim=-1)
     if mask is not None:
-        valid &= mask.to(device=xyz.device, dtype=torch.bool)
+        valid &= mask_keeps(mask, min_confidence).to(xyz.device)
+    elif min_confidence > 0:
+        raise ValueError(f"min_confidence={min_confidence} needs a float confidence map as mask; none was given.")
     dropped = int((~valid).sum())
     if dropped:
-        logger.info("post-optimization: %d of %d points are non-finite or masked out; they are ignored.",
-                    dropped, valid.numel())
+        logger.info("post-optimization: %d of %d points are non-finite, masked out or not confident; they are "
+                    "ignored.", dropped, valid.numel())
     poor = (valid.flatten(1).sum(dim=1) < MIN_POINTS_PER_FRAME).nonzero().flatten().tolist()
     if poor:
-        cause = "non-finite or masked out" if mask is not None else "non-finite (NaN or inf)"
+        cause = "non-finite, masked out or not confident" if mask is not None else "non-finite (NaN or inf)"
         raise ValueError(
             f"Frames {poor} have fewer than {MIN_POINTS_PER_FRAME} usable XYZ points (the rest are {cause}); "
             "post-optimization needs them. Drop those frames or fix the XYZ / mask."
@@ -225,8 +240,37 @@ def usable_points(xyz: torch.Tensor, mask: torch.Tensor | None = None) -> torch.
     return valid
 
 
+def mask_keeps(mask: torch.Tensor, min_confidence: float = 0.0) -> torch.Tensor:
+    """The pixels a validity mask or confidence map keeps.
+
+    mask: [F, H, W] bool (True keeps), or float confidence >= 0 (kept where it is above 0 and at
+    least ``min_confidence``; NaN drops). Other dtypes are read as validity (non-zero keeps).
+    Returns [F, H, W] bool. Raises ValueError for negative or infinite confidence, or for a
+    ``min_confidence`` given with a bool mask.
+    """
+    if not mask.is_floating_point():
+        if min_confidence > 0:
+            raise ValueError(f"min_confidence={min_confidence} needs a float confidence map, but the mask is "
+                             f"{mask.dtype}; pass the confidence itself, or min_confidence=0.")
+        return mask.to(torch.bool)
+    if bool((mask < 0).any()) or bool(torch.isinf(mask).any()):
+        finite = mask[torch.isfinite(mask)]
+        low = float(finite.min()) if finite.numel() else float("nan")
+        raise ValueError(f"Confidence must be finite and >= 0 (0 or NaN drops a point), got values down to {low} "
+                         "or infinite ones; pass probabilities, or exp() of a log-confidence.")
+    return (mask > 0) & (mask >= min_confidence)
+
+
+def point_weights(valid: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-pixel solver weights [F, H, W] float64: the confidence (a float ``mask``) or 1 at
+    valid pixels, 0 elsewhere. valid: [F, H, W] bool from :func:`usable_points`."""
+    if mask is None or not mask.is_floating_point():
+        return valid.to(torch.float64)
+    return torch.where(valid, mask.to(device=valid.device, dtype=torch.float64), 0.0)
+
+
 def _check_options(focal: float | tuple[float, float] | None, iterations: int, robust: str,
-                   max_points_per_frame: int | None) -> None:
+                   max_points_per_frame: int | None, min_confidence: float) -> None:
     if focal is not None:
         values = focal if isinstance(focal, tuple) else (focal,)
         if len(values) not in (1, 2) or not all(value > 0 for value in values):
@@ -237,6 +281,8 @@ def _check_options(focal: float | tuple[float, float] | None, iterations: int, r
         raise ValueError(f"Unknown robust loss {robust!r}; use one of {sorted(_ROBUST_WIDTH)}.")
     if max_points_per_frame is not None and max_points_per_frame < MIN_POINTS_PER_FRAME:
         raise ValueError(f"max_points_per_frame must be >= {MIN_POINTS_PER_FRAME} or None, got {max_points_per_frame}.")
+    if not min_confidence >= 0:
+        raise ValueError(f"min_confidence must be >= 0, got {min_confidence}.")
 
 
 def _scene_normalization(points: torch.Tensor, valid: torch.Tensor,
@@ -250,19 +296,20 @@ def _scene_normalization(points: torch.Tensor, valid: torch.Tensor,
     return centre, scale, _PRECISION_ULPS * torch.finfo(input_dtype).eps * magnitude
 
 
-def _sample_pixels(valid: torch.Tensor, max_points: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick up to max_points valid pixels per frame at random.
+def _sample_pixels(weights: torch.Tensor, max_points: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick up to max_points valid pixels per frame at random, whatever their weight.
 
-    valid: [F, H, W]. Returns (flat pixel indices [F, N], weights [F, N]: 1 valid, 0 padding).
+    weights: [F, H, W] float64, 0 at invalid pixels. Returns (flat pixel indices [F, N],
+    weights [F, N]: the pixels' weights, 0 for padding).
     """
-    flat = valid.flatten(1)
+    flat = weights.flatten(1)
     if max_points is None or max_points >= flat.shape[1]:
-        index = torch.arange(flat.shape[1], device=valid.device).expand(flat.shape[0], -1)
+        index = torch.arange(flat.shape[1], device=weights.device).expand(flat.shape[0], -1)
     else:
-        generator = torch.Generator(device=valid.device).manual_seed(seed)
-        keys = torch.rand(flat.shape, generator=generator, device=valid.device)
-        index = keys.masked_fill(~flat, 2.0).topk(max_points, dim=1, largest=False).indices
-    return index, torch.gather(flat, 1, index).to(torch.float64)
+        generator = torch.Generator(device=weights.device).manual_seed(seed)
+        keys = torch.rand(flat.shape, generator=generator, device=weights.device)
+        index = keys.masked_fill(flat <= 0, 2.0).topk(max_points, dim=1, largest=False).indices
+    return index, torch.gather(flat, 1, index)
 
 
 def _free_intrinsics(fix_principal_point: bool, focal: float | tuple[float, float] | None) -> tuple[int, ...]:
@@ -275,7 +322,8 @@ def _free_intrinsics(fix_principal_point: bool, focal: float | tuple[float, floa
 class _Problem:
     """The sampled correspondences and solver settings.
 
-    uv: [F, N, 2] pixels; points: [F, N, 3] normalised XYZ; weights: [F, N] (0 = padding).
+    uv: [F, N, 2] pixels; points: [F, N, 3] normalised XYZ; weights: [F, N] confidence (1 without
+    a confidence map; 0 = padding), multiplying the robust weights everywhere.
     shared: one set of intrinsics for all frames; free: indices of (fx, fy, cx, cy) to solve.
     precision: distance (normalised units) below which the XYZ cannot be trusted: a few ulps
     of its input dtype. A fit this close is exact; robust weights never resolve finer.
@@ -593,8 +641,12 @@ def _apply_step(state: _State, step: torch.Tensor, free: tuple[int, ...]) -> _St
     return _State(rotation, translation, intrinsics)
 
 
-def _levenberg_marquardt(problem: _Problem, state: _State, iterations: int) -> tuple[_State, int]:
-    """Robust Levenberg-Marquardt (IRLS weights refreshed each iteration). Returns (state, iterations run)."""
+def _levenberg_marquardt(problem: _Problem, state: _State, iterations: int,
+                         callback: Callable[[int, float], None] | None = None) -> tuple[_State, int]:
+    """Robust Levenberg-Marquardt (IRLS weights refreshed each iteration). Returns (state, iterations run).
+
+    ``callback(iteration, robust_cost)`` runs after each accepted step.
+    """
     damping = 1e-4
     geometry = _ray_geometry(problem, state)
     for iteration in range(iterations):
@@ -623,6 +675,8 @@ def _levenberg_marquardt(problem: _Problem, state: _State, iterations: int) -> t
             return state, iteration
         state, geometry, damping = candidate, candidate_geometry, max(damping / 10.0, 1e-9)
         logger.debug("post-optimization iteration %d: robust cost %.3e -> %.3e", iteration, cost, candidate_cost)
+        if callback is not None:
+            callback(iteration + 1, float(candidate_cost))
         if cost - candidate_cost <= _CONVERGED_DECREASE * cost or step.abs().max() < 1e-12:
             return state, iteration + 1
     return state, iterations

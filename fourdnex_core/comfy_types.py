@@ -34,6 +34,7 @@ from .geometry.export_cameras import CameraSet
 from .geometry.pointcloud import PointCloud, PointFilter, ScenePointClouds, frame_depth
 from .geometry.postopt import PostOptResult
 from .geometry.trajectories import dolly, offset_path, orbit, point_ahead
+from .lowvram import LowVramOptions
 from .representation import xyz_to_pixels
 from .scene_file import Scene
 
@@ -43,12 +44,14 @@ VIEWER_MAGIC = b"4DNXPTS1"
 
 @dataclasses.dataclass
 class FourDNeXModel:
-    """transformer: FourDNeXTransformer3DModel (LoRA applied); dtype: its compute dtype."""
+    """transformer: FourDNeXTransformer3DModel (LoRA applied); dtype: its compute dtype; memory: the
+    :class:`~fourdnex_core.lowvram.LowVramOptions` applied to it (placement and step cache per run)."""
 
     transformer: torch.nn.Module
     dtype: torch.dtype
     lora: str | None = None
     lora_strength: float = 0.0
+    memory: LowVramOptions = dataclasses.field(default_factory=LowVramOptions)
 
 
 @dataclasses.dataclass

@@ -19,6 +19,16 @@ from .loading.locate import locate
 from .loading.text_encoder_loader import load_text_encoder
 from .loading.transformer_loader import load_transformer
 from .loading.vae_loader import load_vae
+from .lowvram.attention import check_attention_backend
+from .lowvram import (
+    ComponentOffload,
+    EmbeddingCache,
+    LowVramOptions,
+    OffloadPolicy,
+    file_identity,
+    prepare_transformer,
+    prepare_vae,
+)
 from .lora import attach_lora, eight_bit_targets, fuse_lora, load_domain_embeddings, read_lora, set_domain_embeddings
 from .pipeline import FourDNeXPipeline
 from .transformer import FourDNeXTransformer3DModel
@@ -124,23 +134,66 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     lora_strength: float = 1.0,
     fuse_lora_weights: bool = True,
+    memory: LowVramOptions | None = None,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> FourDNeXPipeline:
-    """Load every component onto ``device`` in ``dtype`` (the VAE stays fp32 on CPU) and apply the LoRA."""
+    """Load every component for ``device`` in ``dtype`` (the VAE stays fp32 on CPU) and apply the LoRA.
+
+    ``memory`` (:class:`~fourdnex_core.lowvram.LowVramOptions`, default: everything resident) prepares
+    the transformer (fp8, attention, block swap, compile; it is loaded to CPU memory first when blocks
+    are swapped or weights quantized) and, with ``offload`` "cpu" or "free", hands the VAE, text
+    encoder and CLIP vision to a :class:`~fourdnex_core.lowvram.ComponentOffload`: each is loaded
+    when first needed and comes to ``device`` for its stage only. ``embedding_cache`` re-uses the
+    text embeddings of prompts seen before. Every file is located before anything loads, so a
+    missing file fails at once.
+    """
+    memory = memory or LowVramOptions()
+    device = torch.device(device)
+    sources = {name: locations.source(name) for name in ("transformer", "vae", "text_encoder", "clip_vision")}
+    check_attention_backend(memory.attention, device)  # a missing kernel package fails before anything loads
+    staging = torch.device("cpu") if memory.blocks_to_swap != 0 or memory.fp8 != "off" else device
     transformer = load_transformer(
-        locations.source("transformer"), model_cls=FourDNeXTransformer3DModel, dtype=dtype, device=device
+        sources["transformer"], model_cls=FourDNeXTransformer3DModel, dtype=dtype, device=staging
     )
     if locations.lora is not None:
         apply_4dnex_lora(transformer, locations.lora, domain_embeddings=locations.domain_embeddings,
                          strength=lora_strength, fuse=fuse_lora_weights)
     else:
         logger.warning("No 4DNeX LoRA given: running the base Wan2.1 model, whose XYZ half will be meaningless.")
-    vae_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
-    vae = load_vae(locations.source("vae"), dtype=vae_dtype, device=device)
-    text_encoder, tokenizer = load_text_encoder(
-        locations.source("text_encoder").path, tokenizer_path=locations.tokenizer, dtype=dtype, device=device
+    prepared = prepare_transformer(transformer, memory, device)
+
+    pipeline = FourDNeXPipeline(
+        transformer=prepared.model, vae=None, text_encoder=None, tokenizer=None, image_encoder=None,
+        image_processor=None, memory=memory, block_swap=prepared.block_swap, embedding_cache=embedding_cache,
+        text_encoder_identity=file_identity(*filter(None, (sources["text_encoder"].path, locations.tokenizer)),
+                                            dtype=dtype),
+        device=device,
     )
-    image_encoder, image_processor = load_clip_vision(locations.source("clip_vision").path, dtype=dtype, device=device)
-    return FourDNeXPipeline(
-        transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        image_encoder=image_encoder, image_processor=image_processor,
-    )
+    resident = memory.offload == OffloadPolicy.KEEP.value
+    load_device = device if resident else torch.device("cpu")
+    vae_dtype = torch.float32 if device.type == "cpu" else dtype
+
+    def load_vae_component() -> torch.nn.Module:
+        vae = load_vae(sources["vae"], dtype=vae_dtype, device=load_device)
+        prepare_vae(vae, memory)
+        return vae
+
+    def load_text_component() -> torch.nn.Module:
+        model, pipeline.tokenizer = load_text_encoder(sources["text_encoder"].path, tokenizer_path=locations.tokenizer,
+                                                      dtype=dtype, device=load_device)
+        return model
+
+    def load_image_component() -> torch.nn.Module:
+        model, pipeline.image_processor = load_clip_vision(sources["clip_vision"].path, dtype=dtype,
+                                                           device=load_device)
+        return model
+
+    loaders = {"vae": load_vae_component, "text_encoder": load_text_component, "image_encoder": load_image_component}
+    if resident:
+        for name, loader in loaders.items():
+            setattr(pipeline, name, loader())
+    else:
+        pipeline.offload = ComponentOffload(device)
+        for name, loader in loaders.items():
+            pipeline.offload.add(name, loader=loader, policy=memory.offload)
+    return pipeline

@@ -6,8 +6,9 @@ Stages, each in its own module: text and image encoding (:mod:`.encoders`), the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from .conditioning import encode_condition
 from .decode import decode_wide_latent
 from .encoders import encode_image, encode_prompt, with_pointmap_style
 from .image_io import fit_image, image_to_tensor
+from .lowvram import BlockSwap, ComponentOffload, EmbeddingCache, LowVramOptions, PromptKey, sampling_transformer
 from .representation import check_video_size, xyz_init_map
 from .sampler import Conditioning, SamplingSettings, StepCallback, sample
 
@@ -49,22 +51,61 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 @dataclasses.dataclass
 class FourDNeXPipeline:
-    """The six components of a 4DNeX model set (see :mod:`fourdnex_core.model_set` to load them)."""
+    """The six components of a 4DNeX model set (see :mod:`fourdnex_core.model_set` to load them).
+
+    Memory options (:mod:`fourdnex_core.lowvram`), all off by default:
+
+    - ``memory``: the :class:`~fourdnex_core.lowvram.LowVramOptions` the transformer was prepared
+      with (its step cache wraps the transformer for each run);
+    - ``offload``: a :class:`~fourdnex_core.lowvram.ComponentOffload` holding the VAE, text encoder
+      and CLIP vision (their fields are then None): each comes to ``device`` for its stage only;
+    - ``block_swap``: the transformer's :class:`~fourdnex_core.lowvram.BlockSwap`, if any;
+    - ``embedding_cache`` with ``text_encoder_identity`` (see
+      :func:`~fourdnex_core.lowvram.file_identity`): a prompt seen before is not encoded again.
+    """
 
     transformer: torch.nn.Module
     vae: Any
-    text_encoder: torch.nn.Module
+    text_encoder: torch.nn.Module | None
     tokenizer: Any
-    image_encoder: torch.nn.Module
+    image_encoder: torch.nn.Module | None
     image_processor: Any
+    memory: LowVramOptions = dataclasses.field(default_factory=LowVramOptions)
+    offload: ComponentOffload | None = None
+    block_swap: BlockSwap | None = None
+    embedding_cache: EmbeddingCache | None = None
+    text_encoder_identity: str | None = None
+    device: torch.device | None = None
+
+    @contextlib.contextmanager
+    def component(self, name: str) -> Iterator[Any]:
+        """The ``vae``, ``text_encoder`` or ``image_encoder`` for one stage: on the compute device
+        (loaded first when offloaded with policy "free") and offloaded after, when ``offload`` holds it."""
+        if self.offload is not None and name in self.offload:
+            with self.offload.use(name) as module:
+                yield module
+        else:
+            yield getattr(self, name)
 
     def encode_text(self, prompt: str, negative_prompt: str | None, *, pointmap_style: bool = True):
-        """UMT5 embeddings [1, 512, text_dim] for the prompt (with the 4DNeX suffix) and the negative prompt."""
-        device, dtype = _device_of(self.text_encoder), self.text_encoder.dtype
+        """UMT5 embeddings [1, 512, text_dim] for the prompt (with the 4DNeX suffix) and the negative prompt.
+
+        Returns ``(prompt_embeds, negative_prompt_embeds or None, the prompt as encoded)``; served
+        from ``embedding_cache`` when it holds them (the text encoder is then never loaded).
+        """
+        if self.embedding_cache is None or self.text_encoder_identity is None:
+            return self._encode_text(prompt, negative_prompt, pointmap_style)
+        key = PromptKey(prompt, negative_prompt, pointmap_style, self.text_encoder_identity)
+        return self.embedding_cache.get_or_encode(
+            key, lambda: self._encode_text(prompt, negative_prompt, pointmap_style))
+
+    def _encode_text(self, prompt: str, negative_prompt: str | None, pointmap_style: bool):
         texts = [with_pointmap_style(prompt, enabled=pointmap_style)]
         if negative_prompt is not None:
             texts.append(negative_prompt)
-        embeds = encode_prompt(self.text_encoder, self.tokenizer, texts, device=device, dtype=dtype)
+        with self.component("text_encoder") as text_encoder:
+            embeds = encode_prompt(text_encoder, self.tokenizer, texts, device=_device_of(text_encoder),
+                                   dtype=text_encoder.dtype)
         negative = embeds[1:2] if negative_prompt is not None else None
         return embeds[0:1], negative, texts[0]
 
@@ -99,29 +140,35 @@ class FourDNeXPipeline:
         """
         check_video_size(num_frames, height, width)
         settings = settings or SamplingSettings()
-        device = _device_of(self.transformer)
+        device = self.device or _device_of(self.transformer)
         dtype = dtype or self.transformer.dtype
 
         prompt_embeds, negative_embeds, used_prompt = self.encode_text(
             prompt, negative_prompt, pointmap_style=pointmap_style
         )
         picture = fit_image(image_to_tensor(image), height, width)  # [3, H, W]
-        image_embeds = encode_image(
-            self.image_encoder, self.image_processor, picture.permute(1, 2, 0)[None],
-            device=_device_of(self.image_encoder), dtype=self.image_encoder.dtype,
-        )
+        with self.component("image_encoder") as image_encoder:
+            image_embeds = encode_image(
+                image_encoder, self.image_processor, picture.permute(1, 2, 0)[None],
+                device=_device_of(image_encoder), dtype=image_encoder.dtype,
+            )
         init = xyz_init if xyz_init is not None else xyz_init_map(height, width)
-        condition = encode_condition(self.vae, picture, init, num_frames, progress=progress)
+        with self.component("vae") as vae:
+            condition = encode_condition(vae, picture, init, num_frames, progress=progress)
         conditioning = Conditioning(
             condition=condition,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_embeds,
             image_embeds=image_embeds,
         )
+        transformer = sampling_transformer(self.transformer, self.memory, settings.num_inference_steps)
         latent = sample(
-            self.transformer, conditioning, settings, dtype=dtype, device=device,
+            transformer, conditioning, settings, dtype=dtype, device=device,
             on_step=on_step, should_cancel=should_cancel, progress=progress,
         )
-        decoded = decode_wide_latent(self.vae, latent, progress=progress)
+        if self.block_swap is not None:
+            self.block_swap.offload_all()  # the block prefetched for a next step, before the VAE needs room
+        with self.component("vae") as vae:
+            decoded = decode_wide_latent(vae, latent, progress=progress)
         return GenerationResult(rgb=decoded.rgb, xyz=decoded.xyz, latent=latent, prompt=used_prompt,
                                 device=str(device), dtype=str(dtype).removeprefix("torch."))

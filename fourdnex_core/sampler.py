@@ -73,6 +73,7 @@ def initial_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float32)
 
 
+@torch.no_grad()
 def sample(
     transformer: Callable[..., torch.Tensor],
     conditioning: Conditioning,

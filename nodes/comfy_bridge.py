@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 
+from fourdnex_core.comfy_types import FourDNeXModel
+from fourdnex_core.lowvram import LowVramOptions, transformer_on_device
+from fourdnex_core.lowvram.block_swap import transformer_blocks
+
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 
 
@@ -166,6 +170,30 @@ def on_compute_device(*modules: torch.nn.Module) -> Iterator[torch.device]:
                 module.to(target)
             if mm is not None:
                 mm.soft_empty_cache()
+
+
+def _resident_bytes(transformer: torch.nn.Module, options: LowVramOptions) -> int:
+    """Bytes of ``transformer`` that stay on the GPU during a run (all but the swapped blocks;
+    with "auto" the whole model: ComfyUI frees what it can and the swap count follows)."""
+    swapped = options.blocks_to_swap if isinstance(options.blocks_to_swap, int) else 0
+    blocks = transformer_blocks(transformer)
+    return module_bytes(transformer) - sum(module_bytes(block) for block in blocks[:swapped])
+
+
+@contextlib.contextmanager
+def transformer_on_compute_device(model: FourDNeXModel) -> Iterator[torch.device]:
+    """Place a 4DNeX transformer for one sampling run as its memory options say (block swap or
+    whole), after asking ComfyUI for the room; back to the offload device afterwards."""
+    device = torch_device()
+    mm = _comfy("comfy.model_management")
+    if mm is not None and device.type != "cpu":
+        mm.free_memory(_resident_bytes(model.transformer, model.memory) * 1.2, device)
+    try:
+        with transformer_on_device(model.transformer, model.memory, device, offload_device()):
+            yield device
+    finally:
+        if mm is not None:
+            mm.soft_empty_cache()
 
 
 # ---------------------------------------------------------------- progress and interrupts

@@ -7,6 +7,7 @@ from fourdnex_core.loading.clip_vision_loader import load_clip_vision
 from fourdnex_core.loading.text_encoder_loader import load_text_encoder
 from fourdnex_core.loading.transformer_loader import load_transformer
 from fourdnex_core.loading.vae_loader import load_vae
+from fourdnex_core.lowvram import LowVramOptions, apply_model_options, prepare_vae
 from fourdnex_core.model_set import apply_4dnex_lora
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 
@@ -44,6 +45,11 @@ class FourDNeXModelLoader:
                     "default": "auto",
                     "tooltip": "Compute precision. auto: bf16 on a GPU, fp32 on the CPU. fp8 files keep fp8 weights."}),
             },
+            "optional": {
+                "memory": ("FOURDNEX_MEMORY", {
+                    "tooltip": "From 4DNeX Memory Options: block swap, fp8, attention kernel, compile, step cache. "
+                               "Not connected: the whole model on the GPU, exact."}),
+            },
         }
 
     RETURN_TYPES = ("FOURDNEX_MODEL",)
@@ -53,7 +59,8 @@ class FourDNeXModelLoader:
     DESCRIPTION = ("Loads the Wan2.1 image-to-video 14B transformer with the 4DNeX changes (shared RoPE, "
                    "domain embeddings) and fuses the 4DNeX LoRA into it.")
 
-    def load(self, model_name, lora_name, domain_embeddings, lora_strength, precision):
+    def load(self, model_name, lora_name, domain_embeddings, lora_strength, precision, memory=None):
+        memory = memory or LowVramOptions()
         dtype = comfy.precision(precision)
         source = comfy.diffusers_folder(model_name.removeprefix(DIFFUSERS_PREFIX)) \
             if model_name.startswith(DIFFUSERS_PREFIX) else comfy.full_path("diffusion_models", model_name)
@@ -64,14 +71,20 @@ class FourDNeXModelLoader:
             lora = comfy.full_path("loras", lora_name)
             embeddings = None if domain_embeddings == AUTO else comfy.full_path("loras", domain_embeddings)
             apply_4dnex_lora(transformer, lora, domain_embeddings=embeddings, strength=lora_strength)
-        return (FourDNeXModel(transformer, dtype, lora_name if lora else None, lora_strength if lora else 0.0),)
+        apply_model_options(transformer, memory, comfy.torch_device())  # after the LoRA: fp8 keeps it fused
+        return (FourDNeXModel(transformer, dtype, lora_name if lora else None, lora_strength if lora else 0.0,
+                              memory),)
 
 
 class FourDNeXVAELoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"vae_name": (comfy.filename_list("vae"), {
-            "tooltip": "The Wan2.1 VAE in models/vae (wan_2.1_vae.safetensors)."})}}
+        return {
+            "required": {"vae_name": (comfy.filename_list("vae"), {
+                "tooltip": "The Wan2.1 VAE in models/vae (wan_2.1_vae.safetensors)."})},
+            "optional": {"memory": ("FOURDNEX_MEMORY", {
+                "tooltip": "From 4DNeX Memory Options: its VAE tiling settings are used."})},
+        }
 
     RETURN_TYPES = ("WAN_VAE",)
     RETURN_NAMES = ("vae",)
@@ -79,8 +92,11 @@ class FourDNeXVAELoader:
     CATEGORY = "4DNeX/loaders"
     DESCRIPTION = "Loads the Wan2.1 video VAE (fp32) that encodes the condition and decodes the wide RGB+XYZ video."
 
-    def load(self, vae_name):
-        return (load_vae(comfy.full_path("vae", vae_name), device=comfy.offload_device()),)
+    def load(self, vae_name, memory=None):
+        vae = load_vae(comfy.full_path("vae", vae_name), device=comfy.offload_device())
+        if memory is not None:
+            prepare_vae(vae, memory)
+        return (vae,)
 
 
 class FourDNeXTextEncoderLoader:

@@ -6,6 +6,7 @@ from fourdnex_core.comfy_types import PointMaps, image_embeds, text_embeds, xyz_
 from fourdnex_core.conditioning import encode_condition
 from fourdnex_core.decode import decode_wide_latent
 from fourdnex_core.image_io import fit_image, image_to_tensor
+from fourdnex_core.lowvram import sampling_transformer
 from fourdnex_core.representation import check_video_size, xyz_init_map
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.schedulers import DEFAULT_FLOW_SHIFT, SAMPLERS
@@ -95,8 +96,9 @@ class FourDNeXSampler:
         settings = SamplingSettings(num_inference_steps=steps, guidance_scale=cfg, flow_shift=shift,
                                     sampler=scheduler, seed=seed)
         progress = comfy.Progress(steps, unique_id)
-        with comfy.on_compute_device(model.transformer) as device:
-            latent = sample(model.transformer, conditioning, settings, dtype=model.dtype, device=device,
+        transformer = sampling_transformer(model.transformer, model.memory, steps)  # the step cache, when on
+        with comfy.transformer_on_compute_device(model) as device:
+            latent = sample(transformer, conditioning, settings, dtype=model.dtype, device=device,
                             on_step=lambda index, total, _: progress.step(index + 1),
                             should_cancel=lambda: comfy.throw_if_interrupted() or False, progress=False)
         return ({"samples": latent.cpu()},)

@@ -104,7 +104,7 @@ def clouds(generated, optimized):
 
 
 def test_every_node_is_declared_completely():
-    assert len(N) == 15 and set(N) == set(nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    assert len(N) == 16 and set(N) == set(nodes.NODE_DISPLAY_NAME_MAPPINGS)
     for name, cls in N.items():
         assert cls.CATEGORY.startswith("4DNeX/"), name
         assert cls.DESCRIPTION, name
@@ -280,3 +280,29 @@ def test_render_frozen_time_and_bad_frame(clouds):
     assert frames.shape == (2, HEIGHT, WIDTH, 3)
     with pytest.raises(ValueError, match="time_frame"):
         call("FourDNeXRenderNovelView", **args, time_frame=FRAMES)
+
+
+def test_memory_options_node_gives_the_same_latent_with_block_swap(comfy_env, models, image, generated):
+    _, vae, text_encoder, clip_vision = models
+    names = {key: Path(value).name for key, value in COMFY_FILES.items()}
+    (memory,) = call("FourDNeXMemoryOptions", blocks_to_swap=1, prefetch=True, fp8="off", attention="math",
+                     compile=False, step_cache_threshold=0.0, vae_tiling=False, vae_tile_size=256,
+                     vae_tile_overlap=64)
+    assert memory.blocks_to_swap == 1 and memory.attention == "math"
+    (swapped,) = call("FourDNeXModelLoader", model_name=names["transformer"], lora_name=names["lora"],
+                      domain_embeddings="auto", lora_strength=1.0, precision="fp32", memory=memory)
+    assert swapped.memory is memory
+    (positive,) = call("FourDNeXTextEncode", text_encoder=text_encoder, text="a ball", pointmap_style=True)
+    (negative,) = call("FourDNeXTextEncode", text_encoder=text_encoder, text="blurry", pointmap_style=False)
+    (clip_output,) = call("FourDNeXCLIPVisionEncode", clip_vision=clip_vision, image=image)
+    (latent,) = call("FourDNeXSampler", model=swapped, vae=vae, positive=positive, negative=negative,
+                     clip_vision_output=clip_output, image=image, width=WIDTH, height=HEIGHT, length=FRAMES,
+                     steps=STEPS, cfg=5.0, shift=3.0, scheduler="unipc", seed=7)
+    # block swap is exact; the math attention kernel differs from SDPA by float rounding only
+    torch.testing.assert_close(latent["samples"], generated[0]["samples"], rtol=1e-4, atol=1e-4)
+    assert not swapped.transformer._forward_pre_hooks and not swapped.transformer.blocks[0]._forward_pre_hooks
+    (auto,) = call("FourDNeXMemoryOptions", blocks_to_swap=-1, prefetch=True, fp8="weights", attention="sdpa",
+                   compile=False, step_cache_threshold=0.1, vae_tiling=True, vae_tile_size=128, vae_tile_overlap=32)
+    assert (auto.blocks_to_swap, auto.fp8, auto.vae_tiling) == ("auto", "weights", True)
+    (tiled_vae,) = call("FourDNeXVAELoader", vae_name=names["vae"], memory=auto)
+    assert tiled_vae.use_tiling

@@ -40,6 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:  # ImportError: an optional kernel
         print(f"fourdnex {args.command}: error: {error}", file=sys.stderr)
         return 2

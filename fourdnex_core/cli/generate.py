@@ -21,6 +21,7 @@ from ..sampler import SamplingSettings
 from ..scene_file import Scene, save_scene
 from ..schedulers import DEFAULT_FLOW_SHIFT, SAMPLERS
 from ..video_io import frame_to_uint8, write_video
+from .memory_args import add_memory_arguments, embedding_cache, memory_options
 
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "peft", "safetensors", "kornia", "numpy")
 
@@ -75,6 +76,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", choices=("auto", *DTYPES), default="auto",
                        help="auto: bf16 on CUDA, fp32 on CPU")
     group.add_argument("--fps", type=float, default=24.0, help="frame rate of the written videos")
+    add_memory_arguments(parser)
 
 
 def write_outputs(out: Path, result: GenerationResult, settings: dict, fps: float) -> None:
@@ -112,7 +114,8 @@ def generate(args: argparse.Namespace, locations: ModelLocations) -> GenerationR
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
     image = load_image(args.image)
-    pipeline = load_pipeline(locations, device=device, dtype=dtype, lora_strength=args.lora_strength)
+    pipeline = load_pipeline(locations, device=device, dtype=dtype, lora_strength=args.lora_strength,
+                             memory=memory_options(args, device), embedding_cache=embedding_cache(args))
     settings = SamplingSettings(num_inference_steps=args.steps, guidance_scale=args.cfg, flow_shift=args.shift,
                                 sampler=args.sampler, seed=args.seed)
     return pipeline(image, args.prompt, negative_prompt=args.negative_prompt or None, num_frames=args.frames,

@@ -25,10 +25,13 @@ from .options import (
     RECOMMENDED,
     LowVramOptions,
     PreparedTransformer,
+    apply_model_options,
+    place_transformer,
     prepare_transformer,
     prepare_vae,
     recommended_options,
     sampling_transformer,
+    transformer_on_device,
 )
 from .step_cache import StepCache, StepCacheStats
 from .vae_tiling import enable_vae_tiling, vae_tiling
@@ -53,12 +56,15 @@ __all__ = [
     "enable_fp8_matmul",
     "enable_vae_tiling",
     "file_identity",
+    "apply_model_options",
+    "place_transformer",
     "prepare_transformer",
     "prepare_vae",
     "quantize_block_linears",
     "recommended_options",
     "sampling_transformer",
     "set_attention_backend",
+    "transformer_on_device",
     "uncompile_blocks",
     "vae_tiling",
 ]

@@ -8,16 +8,20 @@
 2. fp8 matmul: switch fp8 layers to ``torch._scaled_mm``;
 3. attention backend;
 4. placement: block swap (N blocks, or "auto" from free VRAM) or the whole model on the device;
-5. torch.compile of the blocks;
+5. torch.compile of the blocks (their ``forward`` only: placement's hooks stay eager, so 4 and 5
+   commute and :func:`apply_model_options` does 1-3 and 5 once while :func:`transformer_on_device`
+   places the model per run, as the ComfyUI nodes do);
 6. per run: the step cache wrapper.
 
-:data:`RECOMMENDED` lists starting settings per GPU size (see docs/LOW_VRAM.md).
+:data:`RECOMMENDED` lists starting settings per GPU size (see the README's "Low VRAM" section).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -103,13 +107,11 @@ class PreparedTransformer:
     block_swap: BlockSwap | None = None
 
 
-def prepare_transformer(model: nn.Module, options: LowVramOptions, device: torch.device | str) -> PreparedTransformer:
-    """Apply ``options`` to a loaded transformer and place it on ``device`` (see the module docstring).
-
-    Load the transformer to the CPU when swapping blocks (the whole 14B does not fit a 24 GB GPU
-    first); otherwise it may already be on ``device``.
-    """
-    device = torch.device(device)
+def apply_model_options(model: nn.Module, options: LowVramOptions, device: torch.device | str) -> None:
+    """Steps 1-3 and 5 of the module docstring, in place, wherever ``model`` is now: fp8 weights,
+    fp8 matmul, the attention backend and torch.compile (of the blocks' ``forward`` only, so block
+    swap's hooks still run eagerly around it). ``device`` is where the model will compute (checked
+    for fp8 matmul and compile support). Applying the same options twice changes nothing more."""
     transformer_blocks(model)
     if options.fp8 != "off" and fp8_layer_count(model) == 0:
         quantize_block_linears(model)
@@ -117,16 +119,50 @@ def prepare_transformer(model: nn.Module, options: LowVramOptions, device: torch
         enable_fp8_matmul(model, device)
     if options.attention != "sdpa":
         set_attention_backend(model, options.attention, device)
+    if options.compile:
+        compile_blocks(model, device, mode=options.compile_mode)
+
+
+def place_transformer(model: nn.Module, options: LowVramOptions, device: torch.device | str) -> BlockSwap | None:
+    """Step 4: put ``model`` on ``device``, or swap its first N blocks (``options.blocks_to_swap``;
+    "auto": from free VRAM). Returns the :class:`BlockSwap` when blocks are swapped."""
+    device = torch.device(device)
     count = options.blocks_to_swap
     if count == "auto":
         count = auto_blocks_to_swap(model, device, int(options.activation_reserve_gb * GIB))
-    swap = None
     if count > 0:
-        swap = BlockSwap(model, count, device, prefetch=options.prefetch)
-    else:
-        model.to(device)
-    if options.compile:
-        compile_blocks(model, device, mode=options.compile_mode)
+        return BlockSwap(model, count, device, prefetch=options.prefetch)
+    model.to(device)
+    return None
+
+
+@contextlib.contextmanager
+def transformer_on_device(
+    model: nn.Module,
+    options: LowVramOptions,
+    device: torch.device | str,
+    offload_device: torch.device | str = "cpu",
+) -> Iterator[BlockSwap | None]:
+    """Place ``model`` for one run (see :func:`place_transformer`) and take it off ``device`` after:
+    swapped blocks are unhooked and everything returns to ``offload_device`` (ComfyUI's way: a
+    model waits off the GPU between runs). Yields the :class:`BlockSwap` or None."""
+    swap = place_transformer(model, options, device)
+    try:
+        yield swap
+    finally:
+        if swap is not None:
+            swap.remove(to_device=False)
+        model.to(offload_device)
+
+
+def prepare_transformer(model: nn.Module, options: LowVramOptions, device: torch.device | str) -> PreparedTransformer:
+    """Apply ``options`` to a loaded transformer and place it on ``device`` (see the module docstring).
+
+    Load the transformer to the CPU when swapping blocks (the whole 14B does not fit a 24 GB GPU
+    first); otherwise it may already be on ``device``.
+    """
+    apply_model_options(model, options, device)
+    swap = place_transformer(model, options, device)
     return PreparedTransformer(model, options, swap)
 
 

@@ -75,15 +75,21 @@ def image():
     return fit_image(image_to_tensor(load_image(EXAMPLE)), HEIGHT, WIDTH).permute(1, 2, 0)[None]  # [1, H, W, 3]
 
 
-@pytest.fixture(scope="module")
-def generated(models, image):
-    model, vae, text_encoder, clip_vision = models
+def sample_latent(model, vae, text_encoder, clip_vision, image) -> dict:
+    """Encode, then run 4DNeX Sampler on the test size; returns its LATENT."""
     (positive,) = call("FourDNeXTextEncode", text_encoder=text_encoder, text="a ball", pointmap_style=True)
     (negative,) = call("FourDNeXTextEncode", text_encoder=text_encoder, text="blurry", pointmap_style=False)
     (clip_output,) = call("FourDNeXCLIPVisionEncode", clip_vision=clip_vision, image=image)
     (latent,) = call("FourDNeXSampler", model=model, vae=vae, positive=positive, negative=negative,
                      clip_vision_output=clip_output, image=image, width=WIDTH, height=HEIGHT, length=FRAMES,
                      steps=STEPS, cfg=5.0, shift=3.0, scheduler="unipc", seed=7)
+    return latent
+
+
+@pytest.fixture(scope="module")
+def generated(models, image):
+    model, vae, _, _ = models
+    latent = sample_latent(*models, image)
     rgb, point_maps, xyz_image = call("FourDNeXDecode", vae=vae, samples=latent)
     return latent, rgb, point_maps, xyz_image
 
@@ -292,12 +298,7 @@ def test_memory_options_node_gives_the_same_latent_with_block_swap(comfy_env, mo
     (swapped,) = call("FourDNeXModelLoader", model_name=names["transformer"], lora_name=names["lora"],
                       domain_embeddings="auto", lora_strength=1.0, precision="fp32", memory=memory)
     assert swapped.memory is memory
-    (positive,) = call("FourDNeXTextEncode", text_encoder=text_encoder, text="a ball", pointmap_style=True)
-    (negative,) = call("FourDNeXTextEncode", text_encoder=text_encoder, text="blurry", pointmap_style=False)
-    (clip_output,) = call("FourDNeXCLIPVisionEncode", clip_vision=clip_vision, image=image)
-    (latent,) = call("FourDNeXSampler", model=swapped, vae=vae, positive=positive, negative=negative,
-                     clip_vision_output=clip_output, image=image, width=WIDTH, height=HEIGHT, length=FRAMES,
-                     steps=STEPS, cfg=5.0, shift=3.0, scheduler="unipc", seed=7)
+    latent = sample_latent(swapped, vae, text_encoder, clip_vision, image)
     # block swap is exact; the math attention kernel differs from SDPA by float rounding only
     torch.testing.assert_close(latent["samples"], generated[0]["samples"], rtol=1e-4, atol=1e-4)
     assert not swapped.transformer._forward_pre_hooks and not swapped.transformer.blocks[0]._forward_pre_hooks

@@ -19,7 +19,7 @@ from .loading.locate import locate
 from .loading.text_encoder_loader import load_text_encoder
 from .loading.transformer_loader import load_transformer
 from .loading.vae_loader import load_vae
-from .lowvram.attention import check_attention_backend
+from .lora import attach_lora, eight_bit_targets, fuse_lora, load_domain_embeddings, read_lora, set_domain_embeddings
 from .lowvram import (
     ComponentOffload,
     EmbeddingCache,
@@ -29,7 +29,7 @@ from .lowvram import (
     prepare_transformer,
     prepare_vae,
 )
-from .lora import attach_lora, eight_bit_targets, fuse_lora, load_domain_embeddings, read_lora, set_domain_embeddings
+from .lowvram.attention import check_attention_backend
 from .pipeline import FourDNeXPipeline
 from .transformer import FourDNeXTransformer3DModel
 

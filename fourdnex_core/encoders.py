@@ -106,10 +106,18 @@ def encode_prompt(
     return padded.to(device=device, dtype=dtype)
 
 
-def _processor_inputs(images: ImageInput) -> tuple[list, bool]:
-    """Images as a list the CLIP processor takes, and whether they are already scaled to [0, 1]."""
+def _processor_inputs(images: ImageInput) -> list:
+    """Images as a list the CLIP processor takes: PIL images, or 8-bit [H, W, 3] arrays for tensors.
+
+    A float tensor is rounded to 8 bits first, so it is resized exactly as the same picture given
+    as a PIL image (the release's path) with either processor backend. Given float pixels,
+    transformers' torchvision backend (the one used where torchvision is installed, as in
+    ComfyUI) resizes without clamping, and bicubic overshoot at sharp edges then reaches the
+    model (up to 23/255 on the example image); ComfyUI's own CLIPVisionEncode clamps and rounds
+    to 8 bits as well.
+    """
     if isinstance(images, Image.Image):
-        return [images], False
+        return [images]
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[-1] != 3 or not images.is_floating_point():
             raise ValueError(
@@ -121,11 +129,12 @@ def _processor_inputs(images: ImageInput) -> tuple[list, bool]:
                 f"image values span [{float(images.min()):.3g}, {float(images.max()):.3g}]; expected "
                 "[0, 1] (divide 8-bit images by 255)"
             )
-        return [frame.permute(2, 0, 1).float().cpu() for frame in images], True
+        frames = (images.detach().float().cpu() * 255.0).round().to(torch.uint8)  # [B, H, W, 3]
+        return list(frames.numpy())
     images = list(images)
     if not images or not all(isinstance(im, Image.Image) for im in images):
         raise TypeError("images must be a PIL image, a non-empty list of PIL images, or a tensor [B, H, W, 3]")
-    return images, False
+    return images
 
 
 @torch.no_grad()
@@ -142,15 +151,16 @@ def encode_image(
     Args:
         image_encoder: a ``CLIPVisionModel`` (or ``CLIPVisionModelWithProjection``).
         image_processor: its ``CLIPImageProcessor`` (resize shortest side, centre crop, normalize).
-        images: a PIL image, a list of B PIL images, or a float tensor [B, H, W, 3] in [0, 1].
+        images: a PIL image, a list of B PIL images, or a float tensor [B, H, W, 3] in [0, 1]
+            (rounded to 8 bits, as a PIL image would be).
         device, dtype: where and in which dtype the result is returned.
 
     Returns:
         ``[B, 1 + (image_size / patch_size)^2, hidden_size]``: ``[B, 257, 1280]`` for ViT-H/14.
     """
-    batch, already_scaled = _processor_inputs(images)
-    extra = {"do_rescale": False} if already_scaled else {}
-    pixels = image_processor(images=batch, return_tensors="pt", **extra).pixel_values
+    pixels = image_processor(
+        images=_processor_inputs(images), input_data_format="channels_last", return_tensors="pt"
+    ).pixel_values
     model_device = _module_device(image_encoder)
     pixels = pixels.to(device=model_device, dtype=image_encoder.dtype)  # [B, 3, S, S]
     outputs = image_encoder(pixel_values=pixels, output_hidden_states=True)

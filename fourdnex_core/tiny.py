@@ -14,6 +14,13 @@ processor, and a 4DNeX LoRA in the released format (plus domain embeddings). Wri
   real weights runs unchanged on these.
 
 Nothing here is committed: ``fourdnex make-tiny DIR`` writes it when needed.
+
+With ``full_size_encoders`` (``fourdnex make-tiny DIR --full-size-encoders``) the two encoders
+in ``comfyui/models/`` are instead full-size random-weight UMT5-XXL (fp16, 11.4 GB, still with
+the tiny tokenizer inside) and CLIP ViT-H/14 (fp16, 1.3 GB), the sizes ComfyUI's own
+``CLIPLoader`` (type wan) and ``CLIPVisionLoader`` build, and the tiny transformer takes their
+4096- and 1280-wide embeddings. They are streamed to disk one tensor at a time (about 2 minutes
+and 2.6 GB of memory on 2 CPU cores); the diffusers model folder is not written in that mode.
 """
 
 from __future__ import annotations
@@ -26,16 +33,19 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
 from safetensors.torch import save_file
-from transformers import CLIPVisionModel, UMT5EncoderModel
+from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderModel
 
-from .loading.clip_vision_loader import clip_image_processor
+from .loading.clip_vision_loader import clip_image_processor, clip_vision_h_config
 from .loading.encoder_writers import (
     save_clip_vision_single_file,
     save_text_encoder_single_file,
     tiny_clip_vision_config,
     tiny_text_encoder_config,
+    write_random_clip_vision,
+    write_random_text_encoder,
 )
 from .loading.single_file_writers import save_transformer_single_file, save_vae_single_file
+from .loading.text_encoder_loader import umt5_xxl_config
 from .loading.tokenizer import build_tiny_tokenizer, spiece_bytes
 from .lora import convert_release_lora
 from .model_set import RELEASED_DOMAIN_EMBEDDINGS_FILE, RELEASED_LORA_FILE
@@ -47,6 +57,8 @@ TINY_TRANSFORMER_CONFIG = dict(
     num_attention_heads=2, attention_head_dim=12, in_channels=36, out_channels=16, text_dim=32, freq_dim=16,
     ffn_dim=32, num_layers=2, image_dim=24, added_kv_proj_dim=24,
 )
+# The tiny transformer's embedding inputs when the encoders are full size (UMT5-XXL, ViT-H/14).
+FULL_SIZE_ENCODER_DIMS = dict(text_dim=4096, image_dim=1280)
 TINY_VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                        temperal_downsample=[False, True, True])
 TINY_LORA_RANK = 4
@@ -99,39 +111,57 @@ def _random_release_lora(transformer: WanTransformer3DModel, generator: torch.Ge
     return tensors
 
 
-def make_tiny_models(root: str | Path, *, seed: int = 0) -> TinyModelSet:
-    """Build the tiny random-weight set and write it in both layouts under ``root``."""
+def make_tiny_models(root: str | Path, *, seed: int = 0, full_size_encoders: bool = False) -> TinyModelSet:
+    """Build the tiny random-weight set and write it in both layouts under ``root``.
+
+    With ``full_size_encoders`` the ComfyUI text encoder and CLIP vision files are full-size
+    UMT5-XXL and ViT-H/14 (about 13 GB together, see the module docstring) and the diffusers model
+    folder is skipped.
+    """
     tiny = TinyModelSet(Path(root))
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    transformer = WanTransformer3DModel(**TINY_TRANSFORMER_CONFIG).eval()
+    transformer_config = {**TINY_TRANSFORMER_CONFIG, **(FULL_SIZE_ENCODER_DIMS if full_size_encoders else {})}
+    transformer = WanTransformer3DModel(**transformer_config).eval()
     vae = AutoencoderKLWan(**TINY_VAE_CONFIG).eval()
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = build_tiny_tokenizer(scratch, seed=seed)
         sentencepiece_model = spiece_bytes(scratch)
-    text_encoder = UMT5EncoderModel(tiny_text_encoder_config(vocab_size=len(tokenizer))).eval()
-    image_encoder = CLIPVisionModel(tiny_clip_vision_config()).eval()
-    image_processor = clip_image_processor(image_encoder.config.image_size)
-
-    WanImageToVideoPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,
-        image_processor=image_processor, transformer=transformer, vae=vae, scheduler=make_scheduler("unipc"),
-    ).save_pretrained(tiny.diffusers_model)
-    (tiny.diffusers_model / "tokenizer" / "spiece.model").write_bytes(sentencepiece_model)  # as in the real folder
+    models = tiny.comfy_models
+    if full_size_encoders:
+        write_random_text_encoder(umt5_xxl_config(), sentencepiece_model, models / COMFY_FILES["text_encoder"], seed=seed)
+        write_random_clip_vision(clip_vision_h_config(), models / COMFY_FILES["clip_vision"], seed=seed)
+    else:
+        _write_tiny_encoders(tiny, tokenizer, sentencepiece_model, transformer, vae)
 
     tiny.diffusers_lora.mkdir(parents=True, exist_ok=True)
     save_file(_random_release_lora(transformer, generator), tiny.diffusers_lora / RELEASED_LORA_FILE)
-    inner_dim = TINY_TRANSFORMER_CONFIG["num_attention_heads"] * TINY_TRANSFORMER_CONFIG["attention_head_dim"]
+    inner_dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     torch.save(torch.randn(2, inner_dim, generator=generator) * 0.5,
                tiny.diffusers_lora / RELEASED_DOMAIN_EMBEDDINGS_FILE)
 
-    models = tiny.comfy_models
     save_transformer_single_file(transformer, models / COMFY_FILES["transformer"], dtype=torch.bfloat16, prefix=True)
     save_vae_single_file(vae, models / COMFY_FILES["vae"])
-    save_text_encoder_single_file(text_encoder, sentencepiece_model, models / COMFY_FILES["text_encoder"], dtype=torch.float16)
-    save_clip_vision_single_file(image_encoder, models / COMFY_FILES["clip_vision"], dtype=torch.float16)
     tiny.comfy_lora.parent.mkdir(parents=True, exist_ok=True)
     convert_release_lora(tiny.diffusers_lora / RELEASED_LORA_FILE,
                          tiny.diffusers_lora / RELEASED_DOMAIN_EMBEDDINGS_FILE, tiny.comfy_lora, overwrite=True)
     logger.info("tiny 4DNeX model set written to %s", tiny.root)
     return tiny
+
+
+def _write_tiny_encoders(
+    tiny: TinyModelSet, tokenizer: PreTrainedTokenizerBase, sentencepiece_model: bytes,
+    transformer: WanTransformer3DModel, vae: AutoencoderKLWan,
+) -> None:
+    """The tiny UMT5 and CLIP vision: the diffusers model folder and the two ComfyUI encoder files."""
+    text_encoder = UMT5EncoderModel(tiny_text_encoder_config(vocab_size=len(tokenizer))).eval()
+    image_encoder = CLIPVisionModel(tiny_clip_vision_config()).eval()
+    image_processor = clip_image_processor(image_encoder.config.image_size)
+    WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,
+        image_processor=image_processor, transformer=transformer, vae=vae, scheduler=make_scheduler("unipc"),
+    ).save_pretrained(tiny.diffusers_model)
+    (tiny.diffusers_model / "tokenizer" / "spiece.model").write_bytes(sentencepiece_model)  # as in the real folder
+    models = tiny.comfy_models
+    save_text_encoder_single_file(text_encoder, sentencepiece_model, models / COMFY_FILES["text_encoder"], dtype=torch.float16)
+    save_clip_vision_single_file(image_encoder, models / COMFY_FILES["clip_vision"], dtype=torch.float16)

@@ -81,10 +81,10 @@ def test_prompt_errors(text_parts):
 
 def test_image_embeddings_are_penultimate_hidden_states(image_parts):
     model, processor = image_parts
-    images = torch.rand(2, 96, 160, 3, generator=torch.Generator().manual_seed(1))
-    embeds = encode_image(model, processor, images, device="cpu", dtype=torch.float32)
+    eight_bit = torch.randint(0, 256, (2, 96, 160, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    embeds = encode_image(model, processor, eight_bit.float() / 255, device="cpu", dtype=torch.float32)
     assert embeds.shape == (2, 257, 24)
-    pixels = processor(images=list(images.permute(0, 3, 1, 2)), do_rescale=False, return_tensors="pt").pixel_values
+    pixels = processor(images=list(eight_bit.numpy()), return_tensors="pt").pixel_values
     outputs = model(pixel_values=pixels, output_hidden_states=True)
     torch.testing.assert_close(embeds, outputs.hidden_states[-2])
     assert not torch.allclose(embeds, outputs.hidden_states[-1])
@@ -107,3 +107,15 @@ def test_image_errors(image_parts):
         encode_image(model, processor, torch.full((1, 32, 32, 3), 200.0), device="cpu", dtype=torch.float32)
     with pytest.raises(TypeError, match="PIL image"):
         encode_image(model, processor, ["not an image"], device="cpu", dtype=torch.float32)
+
+
+def test_image_tensors_reach_the_processor_as_8_bit_pictures():
+    """As a PIL image would: with float pixels, transformers' torchvision backend resizes without clamping."""
+    from fourdnex_core.encoders import _processor_inputs
+
+    images = torch.zeros(2, 5, 7, 3)
+    images[:, :, 3:] = 1.0
+    images[1, 0, 0] = torch.tensor([0.3, 0.5, 0.999])
+    frames = _processor_inputs(images)
+    assert len(frames) == 2 and all(frame.dtype == np.uint8 and frame.shape == (5, 7, 3) for frame in frames)
+    np.testing.assert_array_equal(np.stack(frames), (images * 255).round().numpy().astype(np.uint8))

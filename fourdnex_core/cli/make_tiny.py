@@ -16,11 +16,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("dir", type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument(
+        "--full-size-encoders", action="store_true",
+        help="write full-size random-weight UMT5-XXL (text_encoders/umt5_xxl_fp16.safetensors, fp16, with the "
+             "tiny tokenizer) and CLIP ViT-H/14 (clip_vision/clip_vision_h.safetensors, fp16), the sizes ComfyUI's "
+             "own CLIPLoader (type wan) and CLIPVisionLoader build, and a tiny transformer that takes their "
+             "4096/1280-wide embeddings. Writes about 13 GB and takes minutes (2 on 2 CPU cores, 2.6 GB of memory); "
+             "only the ComfyUI models/ tree and the 4DNeX LoRA are written, no diffusers model folder.",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    tiny = make_tiny_models(args.dir, seed=args.seed)
-    print(f"diffusers model: {tiny.diffusers_model}\n4DNeX LoRA (released layout): {tiny.diffusers_lora}\n"
-          f"ComfyUI models: {tiny.comfy_models}")
+    tiny = make_tiny_models(args.dir, seed=args.seed, full_size_encoders=args.full_size_encoders)
+    if not args.full_size_encoders:
+        print(f"diffusers model: {tiny.diffusers_model}")
+    print(f"4DNeX LoRA (released layout): {tiny.diffusers_lora}\nComfyUI models: {tiny.comfy_models}")
     return 0

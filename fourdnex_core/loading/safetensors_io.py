@@ -18,6 +18,8 @@ the raw tensor bytes; offsets count from the end of the header.
   the weights exist once in memory.
 - Files written by this project carry their component and diffusers config in the metadata
   (:func:`component_metadata`), so any model size is recognised without guessing from shapes.
+- :func:`write_safetensors` writes a file from a layout and a stream of tensors, one tensor in
+  memory at a time, so a 11 GB checkpoint can be generated without holding it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+
+# A layout: tensor name -> (dtype, shape), in the order the tensors are stored.
+TensorLayout = Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
 
 
 class CorruptSafetensorsError(ValueError):
@@ -321,3 +329,74 @@ def assign_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *, 
 def _few(names: Sequence[str], count: int = 5) -> str:
     shown = ", ".join(names[:count])
     return shown + (f", ... ({len(names) - count} more)" if len(names) > count else "")
+
+
+def write_safetensors(
+    path: str | os.PathLike[str],
+    layout: TensorLayout,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a safetensors file whose tensors arrive one at a time (a generator), in ``layout`` order.
+
+    The header is built from ``layout`` alone and written first; each tensor is then checked
+    against its layout entry and its bytes appended, so memory holds one tensor at a time. The
+    file is written as ``<path>.partial`` and renamed when complete, so an interrupted write
+    leaves no file under ``path``. The result reads back with ``safetensors`` and
+    :func:`read_header` like a file from ``safetensors.torch.save_file``.
+
+    Args:
+        path: output ``.safetensors`` file (parent folders are created).
+        layout: ``{name: (dtype, shape)}`` of every tensor, in storage order.
+        tensors: ``(name, tensor)`` pairs in the same order; CPU or not, any memory layout.
+        metadata: string metadata stored under ``__metadata__``.
+
+    Raises:
+        ValueError: a tensor out of order or with another dtype or shape than its layout entry,
+            a dtype safetensors cannot store, or fewer or more tensors than the layout lists.
+    """
+    path = Path(path)
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, (dtype, shape) in layout.items():
+        if dtype not in _DTYPE_NAMES:
+            raise ValueError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store")
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned, as safetensors writes it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    expected = iter(layout.items())
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(struct.pack("<Q", len(raw)) + raw)
+            for name, tensor in tensors:
+                _check_next(next(expected, None), name, tensor)
+                data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                handle.write(memoryview(data.numpy()))
+        missing = next(expected, None)
+        if missing is not None:
+            raise ValueError(f"the tensor stream ended before {missing[0]!r}; every layout entry needs a tensor")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _check_next(
+    expected: tuple[str, tuple[torch.dtype, tuple[int, ...]]] | None, name: str, tensor: torch.Tensor
+) -> None:
+    if expected is None:
+        raise ValueError(f"tensor {name!r} is not in the layout (or comes after its last entry)")
+    expected_name, (dtype, shape) = expected
+    if name != expected_name:
+        raise ValueError(f"got tensor {name!r} where the layout has {expected_name!r}; yield tensors in layout order")
+    if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+        raise ValueError(
+            f"tensor {name!r} is {tensor.dtype} x {tuple(tensor.shape)} but the layout says {dtype} x {tuple(shape)}"
+        )

@@ -36,6 +36,8 @@ def test_overrides_replace_keys_and_are_validated():
     ({"optim": {"scheduler": "linear"}}, "use one of: constant, constant_with_warmup, cosine"),
     ({"lora": {"rank": "64"}}, "must be an integer"),
     ({"data": {"percentiles": [98, 2]}}, "0 <= low < high <= 100"),
+    ({"sample": {"sampler": "ddim"}}, "\\[sample\\] sampler = 'ddim' is not supported; use one of: unipc, euler"),
+    ({"checkpoint": {"resume": " "}}, 'use "auto", "none" or a checkpoint folder'),
 ])
 def test_bad_config_errors_name_problem_and_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -54,3 +56,17 @@ def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
     assert main(["run", str(bad)]) == 2
     assert "Unknown key 'learning_rate' in [train]" in capsys.readouterr().err
     assert main(["prepare", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_a_resume_folder_is_relative_to_the_config_file_not_the_cwd(tmp_path, monkeypatch):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "run.toml").write_text('[checkpoint]\nresume = "out/checkpoints/step-00000004"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config(folder / "run.toml")
+    assert config.checkpoint.resume == str(folder / "out" / "checkpoints" / "step-00000004")
+    overridden = load_config(folder / "run.toml", {"checkpoint.resume": "other/step-00000002"})
+    assert overridden.checkpoint.resume == str(folder / "other" / "step-00000002")
+    for mode in ("auto", "none"):
+        assert load_config(folder / "run.toml", {"checkpoint.resume": mode}).checkpoint.resume == mode
+    assert config_from_dict({"checkpoint": {"resume": "/abs/step-00000001"}}).checkpoint.resume == "/abs/step-00000001"

@@ -14,6 +14,7 @@ from train.curation import (
     brightness,
     camera_smoothness,
     curate,
+    filter_bounds,
     high_confidence_ratio,
     mean_confidence,
     select,
@@ -89,3 +90,17 @@ def test_curate_writes_csv_kept_list_and_histograms(tmp_path):
         assert Image.open(tmp_path / "report" / f"hist_{metric}.png").size == (640, 400)
     result = curate(root, "simple", tmp_path / "again", progress=False)
     assert len(result.kept) == 3
+
+
+def test_every_bound_on_one_metric_is_drawn_on_its_histogram(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "clips", num_clips=3, num_frames=3, height=12, width=16)
+    for index, folder in enumerate(sorted(root.iterdir())):
+        np.save(folder / "confidence.npy", np.full((3, 12, 16), 1.0 + index, dtype=np.float32))
+    criteria = [Criterion("mcv", min=1.5), Criterion("mcv", max=2.5)]
+    result = curate(root, "simple", tmp_path / "report", criteria, progress=False)
+    assert result.kept == ["clip_001"]
+    assert filter_bounds(result.metrics, criteria, "mcv") == [1.5, 2.5]
+    image = Image.open(tmp_path / "report" / "hist_mcv.png").convert("RGB")
+    # mcv spans 1..3 over the 560-pixel plot starting at x = 40: the bounds sit at 1/4 and 3/4 of it.
+    red = [x for x in range(image.width) if image.getpixel((x, 100)) == (255, 0, 0)]
+    assert {180, 460} <= set(red) and all(abs(x - 180) <= 1 or abs(x - 460) <= 1 for x in red), red

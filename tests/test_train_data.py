@@ -4,6 +4,7 @@ both folder layouts and the resumable, fingerprinted per-clip cache."""
 import csv
 import math
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,8 @@ from fourdnex_core.video_io import write_video
 from train import prepare as prepare_module
 from train.cache import cache_path, read_cached_clip
 from train.config import config_from_dict
-from train.data_layout import find_clips, read_trajectory
+from train.data_layout import find_clips
+from train.layout_4dnex10m import folder_frame_range, npz_frame_range, read_trajectory
 from train.pointmaps import RawClip, clip_points, fit_frames, frame_indices, process_clip
 from train.prepare import load_encoders, prepare_dataset
 from train.synthetic_data import write_synthetic_clip, write_synthetic_dataset
@@ -82,11 +84,28 @@ def test_mismatched_point_maps_are_a_clear_error():
         process_clip(clip, num_frames=5, height=16, width=16)
 
 
+def _write_captions(root, group, rows):
+    """caption/<group>_with_caption_upload.csv as the release names it (an extra column, as real CSVs have)."""
+    (root / "caption").mkdir(exist_ok=True)
+    with open(root / "caption" / f"{group}_with_caption_upload.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["number", "url", "caption"], *[[n, "http://x", c] for n, c in rows]])
+
+
+def grey(t, height=16, width=16):
+    """A flat grey frame of value 40 t (uint8 [H, W, 3])."""
+    return np.full((height, width, 3), 40 * t, dtype=np.uint8)
+
+
 def _write_10m_tree(root, angle=0.3):
-    """A one-clip 4DNeX-10M tree: source video, depth frames 2..4, trajectory, intrinsics, caption CSV."""
-    frames = (np.random.default_rng(0).random((6, 16, 16, 3)) * 255).astype(np.uint8)
-    write_video(root / "raw" / "dynamic1" / "00000028.mp4", frames, fps=24)
-    clip_dir = root / "dynamic1" / "00000028" / "clip_000002-000004"
+    """A 4DNeX-10M tree in the release's layout, one clip of each kind:
+
+    * a dynamic clip folder (frames 2..4 of raw/dynamic/<group>/<id>.mp4; depth, cameras, confidence);
+    * a packed dynamic npz (frames, depth, a single focal, cameras inside);
+    * a static npz (frames 1..3 of raw/static/<group>/<id>/images_4/; world points + poses in a pickled dict).
+    Every source frame t is a flat grey of value 40 t, so the frames a reader picks can be checked.
+    """
+    write_video(root / "raw" / "dynamic" / "dynamic_1" / "00000028.mp4", np.stack([grey(t) for t in range(6)]), fps=24)
+    clip_dir = root / "dynamic" / "dynamic_1" / "00000028" / "00000028_clip_2-4"
     clip_dir.mkdir(parents=True)
     for index in range(3):
         np.save(clip_dir / f"frame_{index:04d}.npy", np.full((16, 16), 2.0 + index, dtype=np.float32))
@@ -94,26 +113,88 @@ def _write_10m_tree(root, angle=0.3):
     rows = [[t, t * 0.1, 0, 0, math.cos(angle * t / 2), 0, 0, math.sin(angle * t / 2)] for t in range(3)]
     np.savetxt(clip_dir / "pred_traj.txt", np.array(rows))
     np.savetxt(clip_dir / "pred_intrinsics.txt", np.tile([[20, 0, 8, 0, 20, 8, 0, 0, 1]], (3, 1)))
-    (root / "caption").mkdir()
-    with open(root / "caption" / "dynamic1.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([["number", "caption"], ["28", "a dog runs"]])
-    return clip_dir
+    _write_captions(root, "dynamic_1", [(28, "a dog runs")])
+
+    packed = root / "dynamic" / "dynamic_3" / "00000031"
+    packed.mkdir(parents=True)
+    cam_c2w = np.tile(np.eye(4, dtype=np.float32), (3, 1, 1))
+    cam_c2w[:, 0, 3] = [0.0, 0.5, 1.0]
+    np.savez(packed / "00000031_0-2.npz", images=np.stack([grey(t, 8, 8) for t in (1, 2, 3)]),
+             depths=np.full((3, 16, 16), 3.0, dtype=np.float32), intrinsic=np.array(20.0), cam_c2w=cam_c2w)
+    _write_captions(root, "dynamic_3", [(31, "a car turns")])
+
+    frames_dir = root / "raw" / "static" / "scenes" / "00000007" / "images_4"
+    frames_dir.mkdir(parents=True)
+    for t in range(5):
+        imageio.imwrite(frames_dir / f"{t:05d}.png", grey(t, 12, 16))
+    static = root / "static" / "scenes" / "00000007"
+    static.mkdir(parents=True)
+    points = np.random.default_rng(1).random((3, 6, 8, 3)).astype(np.float32)
+    poses = np.tile(np.eye(4, dtype=np.float32), (3, 1, 1))
+    poses[:, 2, 3] = 5.0  # the first camera stands at z = 5 in the world
+    np.savez(static / "frame_00001.png-frame_00003.png.npz", data={"pts3d": points, "poses": poses})
+    _write_captions(root, "scenes", [(7, "a quiet room")])
+    return clip_dir, points
 
 
-def test_4dnex10m_layout_reads_clip_frames_depth_cameras_and_caption(tmp_path):
-    clip_dir = _write_10m_tree(tmp_path)
-    sources = find_clips(tmp_path, "4dnex10m")
-    assert [s.name for s in sources] == ["dynamic1_00000028_clip_000002-000004"]
-    clip = sources[0].load()
+def test_4dnex10m_layout_reads_every_clip_kind_of_the_release(tmp_path):
+    clip_dir, points = _write_10m_tree(tmp_path)
+    sources = {s.name: s for s in find_clips(tmp_path, "4dnex10m")}
+    assert sorted(sources) == ["dynamic_dynamic_1_00000028_00000028_clip_2-4",
+                               "dynamic_dynamic_3_00000031_00000031_0-2",
+                               "static_scenes_00000007_frame_00001_png-frame_00003_png"]
+
+    # A clip folder: frames 2..4 of the source video (split on the last "_"), depth, cameras, caption.
+    folder = sources["dynamic_dynamic_1_00000028_00000028_clip_2-4"]
+    clip = folder.load()
     assert clip.caption == "a dog runs" and clip.rgb.shape == (3, 16, 16, 3) and clip.depth.shape == (3, 16, 16)
+    torch.testing.assert_close(clip.rgb.mean(dim=(1, 2, 3)), torch.tensor([80.0, 120.0, 160.0]) / 255, atol=0.02,
+                               rtol=0)
     poses = read_trajectory(clip_dir / "pred_traj.txt")
     rotation_z = torch.tensor([[math.cos(0.3), -math.sin(0.3), 0], [math.sin(0.3), math.cos(0.3), 0], [0, 0, 1]],
                               dtype=torch.float64)
     torch.testing.assert_close(poses[1, :3, :3], rotation_z)
     torch.testing.assert_close(poses[2, :3, 3], torch.tensor([0.2, 0, 0], dtype=torch.float64))
-    assert sources[0].confidence().shape == (3, 16, 16)
-    points = clip_points(clip)
-    torch.testing.assert_close(points[0, 8, 8], torch.tensor([0.0, 0.0, 2.0]))  # principal point, depth 2
+    assert folder.confidence().shape == (3, 16, 16)
+    torch.testing.assert_close(clip_points(clip)[0, 8, 8], torch.tensor([0.0, 0.0, 2.0]))  # principal point, depth 2
+
+    # A packed dynamic npz: its own frames (resized to the depth size), a single focal at the centre pixel.
+    packed = sources["dynamic_dynamic_3_00000031_00000031_0-2"].load()
+    assert packed.caption == "a car turns" and packed.rgb.shape == (3, 16, 16, 3)
+    torch.testing.assert_close(packed.rgb.mean(dim=(1, 2, 3)), torch.tensor([40.0, 80.0, 120.0]) / 255, atol=1e-3,
+                               rtol=0)
+    torch.testing.assert_close(packed.intrinsics[2], torch.tensor([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]]))
+    # Camera 2 stands 1 further along x than camera 0: its centre pixel at depth 3 is (1, 0, 3).
+    torch.testing.assert_close(clip_points(packed)[2, 8, 8], torch.tensor([1.0, 0.0, 3.0]))
+
+    # A static npz: world points and poses from the pickled dict, frames 1..3 of images_4.
+    static = sources["static_scenes_00000007_frame_00001_png-frame_00003_png"].load()
+    assert static.caption == "a quiet room" and static.rgb.shape == (3, 6, 8, 3)
+    torch.testing.assert_close(static.rgb.mean(dim=(1, 2, 3)), torch.tensor([40.0, 80.0, 120.0]) / 255, atol=0.01,
+                               rtol=0)
+    expected = torch.from_numpy(points).clone()
+    expected[..., 2] -= 5.0
+    torch.testing.assert_close(clip_points(static), expected)  # moved into the first camera's frame
+
+
+def test_4dnex10m_names_and_missing_pieces_are_clear(tmp_path):
+    assert folder_frame_range("00000028_clip_10-58") == (10, 49)
+    assert folder_frame_range("clip_3-5.done") == (3, 3)
+    assert npz_frame_range("frame_00010.png-frame_00058.png") == (10, 49)
+    assert npz_frame_range("clip_0010-clip_0058_v2") == (10, 49)
+    with pytest.raises(ValueError, match="_<start>-<end>"):
+        folder_frame_range("clip_final")
+    with pytest.raises(ValueError, match="<prefix>_<start>-<prefix>_<end>"):
+        npz_frame_range("frames")
+    _write_10m_tree(tmp_path)
+    _write_captions(tmp_path, "dynamic_1", [(29, "another video")])  # the clip's own row is gone
+    (tmp_path / "raw" / "static" / "scenes" / "00000007" / "images_4" / "00004.png").unlink()
+    (tmp_path / "raw" / "static" / "scenes" / "00000007" / "images_4" / "00003.png").unlink()
+    sources = {s.name: s for s in find_clips(tmp_path, "4dnex10m")}
+    with pytest.raises(ValueError, match="No caption for video 00000028 in caption/dynamic_1_with_caption_upload.csv"):
+        sources["dynamic_dynamic_1_00000028_00000028_clip_2-4"].load()
+    with pytest.raises(ValueError, match="only 2 of the 3 frames"):
+        sources["static_scenes_00000007_frame_00001_png-frame_00003_png"].load()
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +243,20 @@ def test_prepare_caches_clips_reports_failures_and_resumes(tmp_path, tiny_models
     # Changed settings invalidate the cache.
     changed = prepare_dataset(_config(tmp_path, tiny_models, condition_xyz="first_frame"), encoders, progress=False)
     assert sorted(changed.names("prepared")) == ["clip_000", "clip_001"]
+
+
+def test_prepare_writes_its_report_when_the_encoders_fail_to_load(tmp_path, tiny_models, monkeypatch):
+    write_synthetic_dataset(tmp_path / "clips", num_clips=2, num_frames=4, height=30, width=40)
+    (tmp_path / "clips" / "broken").mkdir()
+
+    def fail(*args):
+        raise OSError("no such file: umt5_xxl_fp16.safetensors")
+
+    monkeypatch.setattr(prepare_module, "load_encoders", fail)
+    with pytest.raises(OSError, match="umt5"):
+        prepare_dataset(_config(tmp_path, tiny_models), progress=False)
+    with open(tmp_path / "cache" / "prepare_report.csv", newline="") as handle:
+        rows = {row["clip"]: row for row in csv.DictReader(handle)}
+    assert rows["broken"]["status"] == "failed" and "caption.txt" in rows["broken"]["detail"]
+    assert rows["clip_000"]["status"] == rows["clip_001"]["status"] == "failed"
+    assert "the run stopped (OSError: no such file: umt5" in rows["clip_000"]["detail"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fourdnex_core.representation import check_video_size
+from fourdnex_core.schedulers import SAMPLERS
 
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine")
@@ -31,6 +32,7 @@ LAYOUTS = ("simple", "4dnex10m")
 CONDITION_XYZ = ("init", "first_frame")
 CACHE_DTYPES = ("bf16", "fp32")
 MODEL_DTYPES = ("bf16", "fp16", "fp32")
+RESUME_MODES = ("auto", "none")
 
 
 class ConfigError(ValueError):
@@ -161,7 +163,11 @@ class TrainLoopConfig:
 
 @dataclasses.dataclass
 class CheckpointConfig:
-    """Periodic checkpoints (atomic, exact resume)."""
+    """Periodic checkpoints (atomic, exact resume).
+
+    resume: "auto" (the latest checkpoint of the output folder), "none", or a checkpoint folder
+    (relative paths are taken from the config file's folder, like every other path).
+    """
 
     every_n_steps: int = 500
     keep_last: int = 3
@@ -196,6 +202,8 @@ class SampleConfig:
         _positive("sample", "every_n_steps", self.every_n_steps, allow_zero=True)
         _positive("sample", "num_clips", self.num_clips)
         _positive("sample", "num_inference_steps", self.num_inference_steps)
+        _positive("sample", "flow_shift", self.flow_shift)
+        _one_of("sample", "sampler", self.sampler, SAMPLERS)
 
 
 SECTIONS: dict[str, type] = {
@@ -328,7 +336,18 @@ def config_from_dict(raw: Mapping[str, Any], *, base_dir: str | PathLike = ".") 
             raise ConfigError(f"Missing key(s) {', '.join(missing)} in [{name}]; add them to the config.")
         kwargs = {key: _coerce(name, key, value, hints[key], base) for key, value in values.items()}
         sections[name] = cls(**kwargs)
+    sections["checkpoint"].resume = _resolve_resume(sections["checkpoint"].resume, base)
     return TrainConfig(**sections)
+
+
+def _resolve_resume(resume: str, base: Path) -> str:
+    """``[checkpoint] resume``: a mode kept as is, a folder made absolute against ``base``."""
+    if resume in RESUME_MODES:
+        return resume
+    if not resume.strip():
+        raise ConfigError('[checkpoint] resume is empty; use "auto", "none" or a checkpoint folder (step-<n>).')
+    folder = Path(resume).expanduser()
+    return str(folder if folder.is_absolute() else base / folder)
 
 
 def parse_override_value(text: str) -> Any:

@@ -148,9 +148,21 @@ def select(metrics: Mapping[str, Mapping[str, float]], criteria: Sequence[Criter
     return reasons
 
 
-def write_histogram(values: Sequence[float], path: Path, title: str, cutoff: tuple[float, float] | None = None,
+def filter_bounds(metrics: Mapping[str, Mapping[str, float]], criteria: Sequence[Criterion],
+                  metric: str) -> list[float]:
+    """The finite ends of the kept intervals of every criterion on ``metric`` (for the histogram)."""
+    bounds = []
+    for criterion in criteria:
+        if criterion.metric == metric:
+            interval = criterion.cutoff([values[metric] for values in metrics.values()])
+            bounds += [bound for bound in interval if math.isfinite(bound)]
+    return bounds
+
+
+def write_histogram(values: Sequence[float], path: Path, title: str, bounds: Sequence[float] = (),
                     bins: int = 20) -> Path:
-    """A histogram PNG of the finite ``values`` with the kept interval marked in red."""
+    """A histogram PNG of the finite ``values``; every finite bound in ``bounds`` (the ends of the
+    kept intervals of all filters on this metric) is a red vertical line."""
     width, height, margin = 640, 400, 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
@@ -170,7 +182,7 @@ def write_histogram(values: Sequence[float], path: Path, title: str, cutoff: tup
                            fill=(70, 110, 180))
         draw.text((margin, height - 2 * margin + 5), f"{low:.4g}", fill="black")
         draw.text((width - margin - 60, height - 2 * margin + 5), f"{high:.4g}", fill="black")
-        for bound in cutoff or ():
+        for bound in bounds:
             if math.isfinite(bound) and low <= bound <= high:
                 x = margin + (bound - low) / span * plot_w
                 draw.line([x, margin, x, height - 2 * margin], fill="red", width=2)
@@ -217,11 +229,9 @@ def curate(
     result = CurationResult(metrics=metrics, reasons=reasons)
     _write_csv(out_dir / "curation.csv", result)
     (out_dir / "kept.txt").write_text("".join(f"{name}\n" for name in result.kept), encoding="utf-8")
-    cutoffs = {criterion.metric: criterion.cutoff([v[criterion.metric] for v in metrics.values()])
-               for criterion in criteria}
     for metric in METRICS:
         write_histogram([values[metric] for values in metrics.values()], out_dir / f"hist_{metric}.png", metric,
-                        cutoffs.get(metric))
+                        filter_bounds(metrics, criteria, metric))
     logger.info("Curation: kept %d of %d clips; report in %s.", len(result.kept), len(metrics), out_dir)
     return result
 

@@ -16,6 +16,13 @@ def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | 
     return torch.bfloat16
 
 
-def weight_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Frozen base weights: the configured dtype on GPU, fp32 on CPU (CPU bf16 matmuls are slow)."""
-    return torch.float32 if device.type == "cpu" else dtype_named(name)
+def weight_dtype(name: str, device: torch.device, mixed_precision: str = "auto") -> torch.dtype:
+    """Frozen base weights: the configured dtype on GPU, fp32 on CPU (CPU bf16 matmuls are slow).
+
+    Without autocast (``mixed_precision = "fp32"``) the activations are fp32, and a bf16/fp16
+    Linear would fail on them ("expected ... BFloat16 but found Float"), so the weights are fp32
+    too whatever ``name`` says.
+    """
+    if autocast_dtype(mixed_precision, device) is None:
+        return torch.float32
+    return dtype_named(name)

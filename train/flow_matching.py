@@ -24,7 +24,7 @@ s > 1 favours high noise, as Wan's 480p sampling with s = 3 does).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -112,3 +112,27 @@ def flow_matching_loss(
             return_dict=False,
         )[0]
     return F.mse_loss(prediction.float(), noise - clean), sigma
+
+
+def zero_velocity(hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor]:
+    """A "model" that predicts zero velocity. Its loss is E|x_1 - x_0|^2 = 1 + E[x_0^2]: the level a
+    trained model must get below to have learned the data, not just to cancel its own output."""
+    return (torch.zeros_like(hidden_states[:, :16]),)
+
+
+@torch.no_grad()
+def evaluation_loss(
+    transformer: Callable[..., tuple[torch.Tensor, ...]],
+    batches: Sequence[Batch],
+    sampling: TimestepSampling,
+    *,
+    seed: int = 0,
+) -> float:
+    """Mean loss over ``batches``, batch k noised from a generator seeded ``seed + k``.
+
+    Every model sees the same noise and sigmas, so the losses of different models (the untrained
+    base, :func:`zero_velocity`, a trained LoRA) compare directly.
+    """
+    losses = [flow_matching_loss(transformer, batch, sampling, torch.Generator().manual_seed(seed + index))[0]
+              for index, batch in enumerate(batches)]
+    return float(torch.stack(losses).mean())

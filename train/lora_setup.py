@@ -57,12 +57,23 @@ def add_lora(
         raise ValueError(f"[lora] target_modules {target_modules} match no Linear layer of the transformer "
                          f"({error}). Use name suffixes such as to_q, to_k, to_v, to_out.0, ffn.net.0.proj.") from error
     trainable = [module for module in transformer.modules() if isinstance(module, PeftLoraLayer)]
+    _check_linear_only(transformer, target_modules)
     logger.info("LoRA r=%d alpha=%g on %d Linear layers.", rank, alpha, len(trainable))
     transformer.domain_embeddings.requires_grad_(train_domain_embeddings)
     parameters = [parameter for parameter in transformer.parameters() if parameter.requires_grad]
     for parameter in parameters:
         parameter.data = parameter.data.float()
     return parameters
+
+
+def _check_linear_only(transformer: nn.Module, target_modules: list[str]) -> None:
+    """The 4DNeX LoRA format (and every reader of it) holds Linear layers only: refuse the others."""
+    others = [f"{name} ({type(module.get_base_layer()).__name__})" for name, module in transformer.named_modules()
+              if isinstance(module, PeftLoraLayer) and not isinstance(module.get_base_layer(), nn.Linear)]
+    if others:
+        raise ValueError(f"[lora] target_modules {target_modules} match layers that are not Linear: "
+                         f"{', '.join(others[:3])}. The 4DNeX LoRA format holds Linear layers only; drop those "
+                         "names (e.g. patch_embedding) from target_modules.")
 
 
 def trainable_state_dict(transformer: nn.Module) -> dict[str, torch.Tensor]:

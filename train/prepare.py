@@ -151,29 +151,50 @@ def prepare_dataset(config: TrainConfig, encoders: Encoders | None = None, *, pr
     clips = find_clips(data.root, data.layout)
     settings = cache_settings(data, config.models)
     report = PrepareReport()
-    for clip in tqdm(clips, desc="Preparing clips", disable=not progress):
-        path = cache_path(data.cache_dir, clip.name)
-        clip_fingerprint = fingerprint({**settings, "source": str(clip.path)})
-        if is_cached(path, clip_fingerprint):
-            report.add(clip.name, "skipped", "already cached with these settings")
-            continue
-        try:
-            processed = _process(clip, data)
-        except CLIP_ERRORS as error:
-            logger.warning("Skipping clip %s: %s", clip.name, error)
-            report.add(clip.name, "failed", str(error))
-            continue
-        if encoders is None:
-            device = resolve_device(config.train.device)
-            logger.info("Loading the encoders on %s.", device)
-            encoders = load_encoders(config.models, device)
-        cached = encode_clip(processed, encoders, data)
-        cached.metadata["fingerprint"] = clip_fingerprint
-        write_cached_clip(path, cached)
-        report.add(clip.name, "prepared", "padded by reversal" if processed.padded else "")
-    report_path = report.write_csv(Path(data.cache_dir) / REPORT_FILE)
+    done = 0
+    try:
+        for clip in tqdm(clips, desc="Preparing clips", disable=not progress):
+            encoders = _prepare_clip(clip, config, settings, encoders, report)
+            done += 1
+    except BaseException as error:
+        # An error that stops the run (the encoders fail to load, Ctrl-C): the report still says
+        # which clips were done and which were not reached.
+        for clip in clips[done:]:
+            report.add(clip.name, "failed", f"not prepared: the run stopped ({type(error).__name__}: {error})")
+        raise
+    finally:
+        report_path = report.write_csv(Path(data.cache_dir) / REPORT_FILE)
     logger.info("Prepare: %s Report: %s", report.summary(), report_path)
     return report
+
+
+def _prepare_clip(clip: ClipSource, config: TrainConfig, settings: dict[str, Any], encoders: Encoders | None,
+                  report: PrepareReport) -> Encoders | None:
+    """Cache one clip unless it is cached already; bad clip data is reported, not raised.
+
+    Returns the encoders (loaded here on first need).
+    """
+    data = config.data
+    path = cache_path(data.cache_dir, clip.name)
+    clip_fingerprint = fingerprint({**settings, "source": str(clip.path)})
+    if is_cached(path, clip_fingerprint):
+        report.add(clip.name, "skipped", "already cached with these settings")
+        return encoders
+    try:
+        processed = _process(clip, data)
+    except CLIP_ERRORS as error:
+        logger.warning("Skipping clip %s: %s", clip.name, error)
+        report.add(clip.name, "failed", str(error))
+        return encoders
+    if encoders is None:
+        device = resolve_device(config.train.device)
+        logger.info("Loading the encoders on %s.", device)
+        encoders = load_encoders(config.models, device)
+    cached = encode_clip(processed, encoders, data)
+    cached.metadata["fingerprint"] = clip_fingerprint
+    write_cached_clip(path, cached)
+    report.add(clip.name, "prepared", "padded by reversal" if processed.padded else "")
+    return encoders
 
 
 def _process(clip: ClipSource, data: DataConfig) -> ProcessedClip:

@@ -33,7 +33,7 @@ from train.cache import list_cache
 from train.checkpoint import CheckpointManager, rng_state, set_rng_state
 from train.config import ConfigError, TrainConfig
 from train.dataset import LatentDataset
-from train.devices import autocast_dtype, resolve_device, weight_dtype
+from train.devices import autocast_dtype, dtype_named, resolve_device, weight_dtype
 from train.flow_matching import TimestepSampling, flow_matching_loss
 from train.logging_utils import MetricsLogger
 from train.lora_setup import (
@@ -65,13 +65,30 @@ def micro_batch_generator(seed: int, micro_index: int, rank: int = 0) -> torch.G
 
 
 def load_base_transformer(config: TrainConfig, device: torch.device) -> FourDNeXTransformer3DModel:
-    """The frozen base transformer from ``[models]`` (``models.dtype`` on GPU, fp32 on CPU)."""
+    """The frozen base transformer from ``[models]``: ``models.dtype`` on GPU with autocast, fp32 on
+    CPU or with ``mixed_precision = "fp32"`` (see :func:`train.devices.weight_dtype`)."""
     if config.models.root is None and config.models.transformer is None:
         raise ConfigError("`fourdnex-train run` needs the base transformer: set [models] root (a diffusers "
                           "Wan2.1-I2V folder or ComfyUI models/) or [models] transformer (its file).")
     locations = ModelLocations(models=config.models.root, transformer=config.models.transformer)
+    dtype = weight_dtype(config.models.dtype, device, config.train.mixed_precision)
+    if dtype != dtype_named(config.models.dtype) and device.type != "cpu":
+        logger.info("mixed_precision = \"fp32\": loading the base transformer in fp32 (not models.dtype = %s).",
+                    config.models.dtype)
     return load_transformer(locations.source("transformer"), model_cls=FourDNeXTransformer3DModel,
-                            dtype=weight_dtype(config.models.dtype, device), device=device, keep_fp8=False)
+                            dtype=dtype, device=device, keep_fp8=False)
+
+
+def check_weight_precision(transformer: nn.Module, autocast: torch.dtype | None) -> None:
+    """Without autocast every floating weight must be fp32; raise a :class:`ConfigError` otherwise."""
+    if autocast is not None:
+        return
+    low = sorted({str(p.dtype).removeprefix("torch.") for p in transformer.parameters()
+                  if p.is_floating_point() and p.dtype != torch.float32})
+    if low:
+        raise ConfigError(f"The base transformer has {'/'.join(low)} weights but training runs without autocast "
+                          "(train.mixed_precision = \"fp32\", or the CPU), where they fail on fp32 activations. "
+                          "Pass a float32 model (model.float()) or train on a GPU with mixed_precision = \"bf16\".")
 
 
 class Trainer:
@@ -92,6 +109,7 @@ class Trainer:
         torch.manual_seed(loop.seed)
 
         self.transformer = transformer if transformer is not None else load_base_transformer(config, self.device)
+        check_weight_precision(self.transformer, self.autocast)
         self.transformer.to(self.device)
         lora = config.lora
         self.trainable = add_lora(self.transformer, rank=lora.rank, alpha=lora.alpha,

@@ -66,9 +66,10 @@ def _load(path: Path) -> dict:
     return workflow
 
 
-def test_there_are_four_workflows():
+def test_there_are_five_workflows():
     assert [p.name for p in WORKFLOWS] == ["1_image_to_4d.json", "2_image_to_4d_core_encoders.json",
-                                           "3_from_saved_scene.json", "4_novel_view_orbit_video.json"]
+                                           "3_from_saved_scene.json", "4_novel_view_orbit_video.json",
+                                           "5_image_to_4d_low_vram.json"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -71,7 +71,8 @@ class FourDNeXModelLoader:
             lora = comfy.full_path("loras", lora_name)
             embeddings = None if domain_embeddings == AUTO else comfy.full_path("loras", domain_embeddings)
             apply_4dnex_lora(transformer, lora, domain_embeddings=embeddings, strength=lora_strength)
-        apply_model_options(transformer, memory, comfy.torch_device())  # after the LoRA: fp8 keeps it fused
+        # after the LoRA: a LoRA fused into 16-bit weights is quantized with them when fp8 is asked for
+        apply_model_options(transformer, memory, comfy.torch_device())
         return (FourDNeXModel(transformer, dtype, lora_name if lora else None, lora_strength if lora else 0.0,
                               memory),)
 

@@ -57,7 +57,7 @@ class FourDNeXModelLoader:
     FUNCTION = "load"
     CATEGORY = "4DNeX/loaders"
     DESCRIPTION = ("Loads the Wan2.1 image-to-video 14B transformer with the 4DNeX changes (shared RoPE, "
-                   "domain embeddings) and fuses the 4DNeX LoRA into it.")
+                   "domain embeddings) and applies the 4DNeX LoRA (fused; attached unfused to fp8 weights).")
 
     def load(self, model_name, lora_name, domain_embeddings, lora_strength, precision, memory=None):
         memory = memory or LowVramOptions()

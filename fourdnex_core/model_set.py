@@ -165,8 +165,8 @@ def load_pipeline(
     pipeline = FourDNeXPipeline(
         transformer=prepared.model, vae=None, text_encoder=None, tokenizer=None, image_encoder=None,
         image_processor=None, memory=memory, block_swap=prepared.block_swap, embedding_cache=embedding_cache,
-        text_encoder_identity=file_identity(*filter(None, (sources["text_encoder"].path, locations.tokenizer)),
-                                            dtype=dtype),
+        text_encoder_identity=None if embedding_cache is None else file_identity(
+            *filter(None, (sources["text_encoder"].path, locations.tokenizer)), dtype=dtype),
         device=device,
     )
     resident = memory.offload == OffloadPolicy.KEEP.value

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from fourdnex_core.cli.export import SCENE_FILE, scene_path
+from fourdnex_core.geometry.pointcloud import confidence_within_mask
 from fourdnex_core.geometry.postopt import PostOptResult, post_optimize
 from fourdnex_core.geometry.postopt_reference import RELEASE_ITERATIONS, post_optimize_reference
 from fourdnex_core.scene_file import Scene, load_scene, save_scene
@@ -84,11 +85,9 @@ def _point_mask(scene: Scene, min_confidence: float = 0.0) -> torch.Tensor | Non
         return torch.from_numpy(scene.mask) if scene.mask is not None else None
     if min_confidence < 0:
         raise ValueError(f"--min-confidence must be >= 0, got {min_confidence}.")
-    with np.errstate(invalid="ignore"):
-        keep = scene.confidence >= min_confidence
-    if scene.mask is not None:
-        keep &= scene.mask
-    return torch.from_numpy(np.where(keep, scene.confidence, 0.0).astype(np.float32))
+    confidence = confidence_within_mask(scene.confidence, scene.mask)
+    with np.errstate(invalid="ignore"):  # NaN confidence is below any threshold: dropped
+        return torch.from_numpy(np.where(confidence >= min_confidence, confidence, np.float32(0.0)))
 
 
 def _step_bar(bar: tqdm) -> Callable[[int, float], None]:

@@ -132,14 +132,20 @@ def frame_points(scene: Scene, index: int) -> np.ndarray:
     return scene.xyz[index]
 
 
+def confidence_within_mask(confidence: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Confidence (any shape, e.g. [F, H, W] or [H, W]) as float32, set to 0 where the bool
+    validity ``mask`` of the same shape is False (no mask: unchanged)."""
+    confidence = np.asarray(confidence, dtype=np.float32)
+    return confidence if mask is None else np.where(mask, confidence, 0.0).astype(np.float32)
+
+
 def frame_mask(scene: Scene, index: int) -> np.ndarray | None:
     """Frame ``index``'s mask [H, W]: its confidence (0 outside the validity mask) when the scene
     has a confidence map, else its bool validity mask, else None."""
     mask = scene.mask[index] if scene.mask is not None else None
     if scene.confidence is None:
         return mask
-    confidence = np.asarray(scene.confidence[index], dtype=np.float32)
-    return confidence if mask is None else np.where(mask, confidence, 0.0).astype(np.float32)
+    return confidence_within_mask(scene.confidence[index], mask)
 
 
 def valid_mask(xyz: np.ndarray, mask: np.ndarray | None = None, depth: np.ndarray | None = None,

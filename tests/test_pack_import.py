@@ -27,6 +27,22 @@ def test_pack_imports_like_comfyui_loads_it_and_registers_every_node():
     assert (ROOT / "web").is_dir()
 
 
+def test_entry_point_also_imports_as_a_plain_module():
+    # pytest imports the root __init__.py as the module "__init__" (no package) when the checkout's
+    # folder name is no Python identifier (ComfyUI-4DNeX); every test would error if that failed.
+    script = (
+        "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        f"spec = importlib.util.spec_from_file_location('__init__', {str(ROOT / '__init__.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print(len(module.NODE_CLASS_MAPPINGS))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 15
+
+
 def test_no_module_of_the_library_imports_comfyui():
     for path in (ROOT / "fourdnex_core").rglob("*.py"):
         text = path.read_text(encoding="utf-8")

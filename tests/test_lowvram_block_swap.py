@@ -1,4 +1,4 @@
-"""Block swap: bit-identical outputs, and exactly the configured blocks move, when they should."""
+"""Block swap: bit-identical outputs and gradients, and exactly the configured blocks move, when they should."""
 
 import pytest
 import torch
@@ -7,6 +7,7 @@ from fourdnex_core.lowvram.block_swap import BlockSwap, blocks_to_swap_for_budge
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 from tiny_configs import TINY_TRANSFORMER
+from train.lora_setup import add_lora
 
 LATENT = (1, 16, 2, 4, 8)
 
@@ -100,11 +101,61 @@ def test_sampling_with_block_swap_matches_the_plain_loop():
     assert torch.equal(plain, swapped)
 
 
-def test_refuses_training_and_bad_counts():
+class PoisonedOffload(BlockSwap):
+    """Block swap whose offloaded weights are NaN: whatever reads a weight after it went back is wrong."""
+
+    def _offload(self, block):
+        super()._offload(block)
+        for tensor in block.tensors:
+            tensor.data = torch.full_like(tensor.data, float("nan"))
+
+
+def _lora_model(num_layers=3):
+    """A frozen tiny transformer with a trainable LoRA (non-zero, so every factor gets a gradient)."""
+    model = _model(num_layers)
+    trainable = add_lora(model, rank=4, alpha=4.0, target_modules=["to_q", "to_k", "to_v", "to_out.0", "ffn.net.2"])
+    with torch.no_grad():
+        for parameter in trainable:
+            parameter.normal_(0, 0.1, generator=torch.Generator().manual_seed(parameter.numel()))
+    model.enable_gradient_checkpointing()
+    return model, trainable
+
+
+def _gradients(model, trainable):
+    model(**_inputs())[0].square().mean().backward()
+    return [parameter.grad for parameter in trainable]
+
+
+def test_training_with_checkpointing_gives_the_plain_gradients_and_never_reads_offloaded_weights():
+    reference = _gradients(*_lora_model())
+    model, trainable = _lora_model()
+    swap = PoisonedOffload(model, 2, "cpu", keep_trainable=True, trace=True)
+    assert all(p.data_ptr() not in {t.data_ptr() for b in swap._swapped.values() for t in b.tensors} for p in trainable)
+    gradients = _gradients(model, trainable)
+    assert all(torch.equal(g, r) for g, r in zip(gradients, reference))
+    # Forward: load 0, prefetch 1, each offloaded after it ran; no wrap-around prefetch in training. Backward
+    # (blocks recomputed 2, 1, 0, stopping before their post-hooks): resident block 2 prefetches 1, block 1
+    # prefetches 0, and 1 goes back when 0 starts.
+    assert swap.events == [("load", 0), ("prefetch", 1), ("offload", 0), ("offload", 1),
+                           ("prefetch", 1), ("prefetch", 0), ("offload", 1)]
+    assert [i for i, block in swap._swapped.items() if block.state != "host"] == [0]  # ran last, stays
+    # A second step, after the optimizer would have run, is the same again.
+    for parameter in trainable:
+        parameter.grad = None
+    assert all(torch.equal(g, r) for g, r in zip(_gradients(model, trainable), reference))
+
+
+def test_refuses_what_autograd_cannot_train_and_bad_counts():
     model = _model()
     BlockSwap(model, 1, "cpu")
-    with pytest.raises(RuntimeError, match="torch.no_grad"):
+    with pytest.raises(RuntimeError, match=r"cannot train swapped weights.*requires_grad_\(False\).*keep_trainable"):
         model(**_inputs())
+    model, _ = _lora_model()
+    model.disable_gradient_checkpointing()
+    BlockSwap(model, 1, "cpu", keep_trainable=True)
+    with pytest.raises(RuntimeError, match="needs gradient checkpointing.*enable_gradient_checkpointing"):
+        model(**_inputs())
+    assert _run(model).isfinite().all()  # inference needs neither
     with pytest.raises(ValueError, match=r"0\.\.3"):
         BlockSwap(_model(), 4, "cpu")
     with pytest.raises(TypeError, match="blocks"):

@@ -10,14 +10,25 @@ every block:
    forward) on a side CUDA stream, so the copy overlaps this block's compute.
 
 A forward post-hook on each swapped block puts its weights back to the CPU copies (nothing is
-copied back: inference never changes weights). At most two swapped blocks are on the device at
-any time. The hooks only look at ``model.blocks``, so any transformer whose forward runs its
+copied back: swapped weights are frozen). At most two swapped blocks are on the device at any
+time (three in a training backward pass, see below). The hooks only look at ``model.blocks``, so any transformer whose forward runs its
 blocks in order (diffusers' Wan and :class:`~fourdnex_core.transformer.FourDNeXTransformer3DModel`)
 works unchanged, and so does any callable wrapper around it (the sampler never knows).
 
 Weights are moved by swapping each tensor's ``.data`` between its CPU copy and a device copy;
 module objects, parameters and their other hooks (an attached LoRA, fp8 layers) stay as they are.
-Inference only: autograd would keep references to weights that have already gone back.
+For training, ``keep_trainable=True`` swaps only the frozen tensors: a parameter that requires
+grad (a LoRA being trained) stays on the device, where its gradient and optimizer state are.
+
+Training (autograd on) needs gradient checkpointing (``model.enable_gradient_checkpointing()``,
+non-reentrant, diffusers' default). Without it autograd would keep the swapped weights for the
+backward pass, where they are back on the CPU; with it a block keeps nothing of its forward but
+its input, and the backward pass runs the block again, through the same hooks, which load the
+weights again. The recomputed graph holds its own reference to the device copy, so the weights
+going back to the CPU after the recomputation change nothing. The recomputation stops at the last
+op the backward pass needs, before the post-hook, so there a block goes back when the next swapped
+block starts (the last one to run stays until the next forward), and the block to prefetch is the
+previous one.
 """
 
 from __future__ import annotations
@@ -100,6 +111,11 @@ def auto_blocks_to_swap(model: nn.Module, device: torch.device | str, reserve_by
     return count
 
 
+def in_backward_pass() -> bool:
+    """Whether this code runs inside autograd's backward pass (a checkpointed block recomputing)."""
+    return torch._C._current_graph_task_id() != -1
+
+
 @dataclasses.dataclass
 class _SwappedBlock:
     """One swapped block: its tensors, their CPU copies and where the weights are now.
@@ -129,6 +145,8 @@ class BlockSwap:
         device: the compute device.
         prefetch: copy the next swapped block on a side stream while the current one runs (CUDA).
         pin_memory: pin the CPU copies (default: when ``device`` is CUDA); needed for async copies.
+        keep_trainable: leave the parameters that require grad (a LoRA being trained) on the device
+            and swap only the frozen ones (training; see the module docstring).
         trace: record ("load" | "prefetch" | "wait" | "offload", block index) in :attr:`events`
             (tests, debugging).
     """
@@ -141,6 +159,7 @@ class BlockSwap:
         *,
         prefetch: bool = True,
         pin_memory: bool | None = None,
+        keep_trainable: bool = False,
         trace: bool = False,
     ) -> None:
         blocks = transformer_blocks(model)
@@ -153,8 +172,10 @@ class BlockSwap:
         self._pin = cuda if pin_memory is None else pin_memory
         self._stream = torch.cuda.Stream(self.device) if cuda and prefetch else None
         self._prefetch = prefetch
+        self._keep_trainable = keep_trainable
         self.events: list[tuple[str, int]] | None = [] if trace else None
         self._swapped: dict[int, _SwappedBlock] = {}
+        self._running: _SwappedBlock | None = None
         self._order = list(range(blocks_to_swap))
         self._place(blocks)
         self._handles: list[RemovableHandle] = []
@@ -171,7 +192,8 @@ class BlockSwap:
     def _place(self, blocks: nn.ModuleList) -> None:
         swapped_ids = set()
         for index in self._order:
-            tensors = [*blocks[index].parameters(), *blocks[index].buffers()]
+            tensors = [t for t in [*blocks[index].parameters(), *blocks[index].buffers()]
+                       if not (self._keep_trainable and t.requires_grad)]
             swapped_ids.update(id(t) for t in tensors)
             host = [self._host_copy(t) for t in tensors]
             for tensor, copy in zip(tensors, host):
@@ -236,28 +258,57 @@ class BlockSwap:
         block.state = "host"
         self._record("offload", block.index)
 
-    def _next_swapped(self, index: int) -> _SwappedBlock | None:
-        """The swapped block that runs next after block ``index`` (wrapping to the next forward)."""
+    def _next_swapped(self, index: int, *, backward: bool = False, wrap: bool = True) -> _SwappedBlock | None:
+        """The swapped block that runs next after block ``index``, in the backward pass (checkpointed
+        blocks run again, last to first) the one before it; with ``wrap``, past the last one the
+        first of the next forward."""
         if not self._order:
             return None
-        later = [i for i in self._order if i > index]
-        following = later[0] if later else self._order[0]
+        candidates = [i for i in self._order if i < index][::-1] if backward else [i for i in self._order if i > index]
+        if not candidates and wrap:
+            candidates = [self._order[0]]
+        following = candidates[0] if candidates else index
         return None if following == index else self._swapped[following]
 
-    # -- hooks -------------------------------------------------------------------------------
+    def _offload_previous(self, block: _SwappedBlock) -> None:
+        """Send back the swapped block that ran before ``block`` if it is still on the device. In the
+        forward pass it never is (its post-hook ran); in the backward pass a checkpointed block's
+        recomputation stops at its last needed op, before the post-hook, so it goes back here."""
+        previous, self._running = self._running, block
+        if previous is not None and previous is not block and previous.state == "device":
+            self._offload(previous)
+
+    def _check_autograd(self, module: nn.Module, block: _SwappedBlock, args: tuple) -> None:
+        """Refuse a forward that autograd records for a backward pass that could not work: swapped
+        weights that require grad, or blocks that are not checkpointed."""
+        if not torch.is_grad_enabled():
+            return
+        if any(t.requires_grad for t in block.tensors):
+            raise RuntimeError(
+                "Block swap cannot train swapped weights: freeze the base weights (model.requires_grad_(False)) and "
+                "swap with keep_trainable=True, which keeps the trainable ones (a LoRA) on the device; or run "
+                "inference under torch.no_grad() (the sampler and pipeline do)."
+            )
+        if getattr(self.model, "gradient_checkpointing", False):
+            return
+        inputs = [a for a in args if isinstance(a, torch.Tensor)]
+        if any(t.requires_grad for t in [*inputs, *module.parameters()]):
+            raise RuntimeError(
+                "Block swap under autograd needs gradient checkpointing: call model.enable_gradient_checkpointing() "
+                "(the trainer's train.gradient_checkpointing = true), or run inference under torch.no_grad() (the "
+                "sampler and pipeline do). Without it the backward pass would need weights already back on the CPU."
+            )
 
     def _make_pre_hook(self, index: int):
         def pre_hook(module: nn.Module, args: tuple) -> None:
             block = self._swapped.get(index)
             if block is not None:
-                if torch.is_grad_enabled() and any(t.requires_grad for t in block.tensors):
-                    raise RuntimeError(
-                        "Block swap is for inference: run the transformer under torch.no_grad() (the sampler and "
-                        "pipeline do). Training with swapped blocks is not supported; use gradient checkpointing "
-                        "and fp8 base weights instead."
-                    )
+                self._check_autograd(module, block, args)
+                self._offload_previous(block)
                 self._load(block)
-            following = self._next_swapped(index)
+            # Inference repeats forwards, so the last block prefetches the first; in training a backward pass
+            # or an optimizer step comes next.
+            following = self._next_swapped(index, backward=in_backward_pass(), wrap=not torch.is_grad_enabled())
             if self._prefetch and following is not None:
                 self._start_prefetch(following)
 
@@ -276,6 +327,7 @@ class BlockSwap:
         for block in self._swapped.values():
             if block.state != "host":
                 self._offload(block)
+        self._running = None
 
     def remove(self, *, to_device: bool = True) -> None:
         """Take the hooks off; with ``to_device`` the swapped blocks move to the device for good."""

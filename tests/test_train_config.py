@@ -16,6 +16,9 @@ def test_example_config_loads_with_release_defaults():
     assert config.optim.lr == 2e-5 and config.optim.betas == [0.9, 0.95] and config.optim.weight_decay == 1e-4
     assert config.data.num_frames == 49 and (config.data.height, config.data.width) == (480, 720)
     assert config.data.cache_dir.is_absolute()  # relative paths resolved against the config's folder
+    assert config.memory.low_vram_options().exact and config.memory.blocks_to_swap == 0  # low VRAM is opt-in
+    swapped = load_config(EXAMPLE, {"memory.blocks_to_swap": -1, "memory.fp8": "weights"}).memory.low_vram_options()
+    assert swapped.blocks_to_swap == "auto" and swapped.fp8 == "weights"
 
 
 def test_overrides_replace_keys_and_are_validated():
@@ -38,6 +41,13 @@ def test_overrides_replace_keys_and_are_validated():
     ({"data": {"percentiles": [98, 2]}}, "0 <= low < high <= 100"),
     ({"sample": {"sampler": "ddim"}}, "\\[sample\\] sampler = 'ddim' is not supported; use one of: unipc, euler"),
     ({"checkpoint": {"resume": " "}}, 'use "auto", "none" or a checkpoint folder'),
+    ({"memory": {"fp8": "matmul"}}, 'fp8 = "matmul" cannot train.*no backward pass.*fp8 = "weights"'),
+    ({"memory": {"attention": "sage"}}, "'sage' cannot train.*no backward.*\"sdpa\""),
+    ({"memory": {"attention": "flashy"}}, "attention = 'flashy' is not supported; use one of: sdpa, math"),
+    ({"memory": {"blocks_to_swap": -2}}, "block count >= 0, or -1 for auto"),
+    ({"memory": {"vae_tile_overlap": 256}}, "\\[memory\\] .*overlap"),
+    ({"memory": {"blocks_to_swap": 4}, "train": {"gradient_checkpointing": False}},
+     "blocks_to_swap needs \\[train\\] gradient_checkpointing = true"),
 ])
 def test_bad_config_errors_name_problem_and_fix(raw, message):
     with pytest.raises(ConfigError, match=message):

@@ -17,11 +17,11 @@ from fourdnex_core.vae_io import encode_video
 from fourdnex_core.video_io import write_video
 from train import prepare as prepare_module
 from train.cache import cache_path, read_cached_clip
-from train.config import config_from_dict
+from train.config import MemoryConfig, config_from_dict
 from train.data_layout import find_clips
 from train.layout_4dnex10m import folder_frame_range, npz_frame_range, read_trajectory
 from train.pointmaps import RawClip, clip_points, fit_frames, frame_indices, process_clip
-from train.prepare import load_encoders, prepare_dataset
+from train.prepare import cache_settings, load_encoders, prepare_dataset
 from train.synthetic_data import write_synthetic_clip, write_synthetic_dataset
 
 
@@ -243,6 +243,17 @@ def test_prepare_caches_clips_reports_failures_and_resumes(tmp_path, tiny_models
     # Changed settings invalidate the cache.
     changed = prepare_dataset(_config(tmp_path, tiny_models, condition_xyz="first_frame"), encoders, progress=False)
     assert sorted(changed.names("prepared")) == ["clip_000", "clip_001"]
+
+
+def test_prepare_tiles_the_vae_with_memory_vae_tiling_and_says_so_in_the_fingerprint(tmp_path, tiny_models):
+    config = _config(tmp_path, tiny_models)
+    assert not load_encoders(config.models, torch.device("cpu"), config.memory).vae.use_tiling
+    config.memory = MemoryConfig(vae_tiling=True, vae_tile_size=128, vae_tile_overlap=32)
+    vae = load_encoders(config.models, torch.device("cpu"), config.memory).vae
+    assert vae.use_tiling and vae.tile_sample_min_height == 128
+    plain = cache_settings(config.data, config.models)
+    assert cache_settings(config.data, config.models, MemoryConfig()) == plain  # old caches stay valid
+    assert cache_settings(config.data, config.models, config.memory) == {**plain, "vae_tiling": [128, 32]}
 
 
 def test_prepare_writes_its_report_when_the_encoders_fail_to_load(tmp_path, tiny_models, monkeypatch):

@@ -15,7 +15,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from fourdnex_core.loading.fp8 import FP8Linear
 from fourdnex_core.loading.single_file_writers import save_transformer_single_file
+from fourdnex_core.lowvram.fp8_weights import quantize_block_linears
 from fourdnex_core.lora import attach_lora, read_lora, set_domain_embeddings
 from fourdnex_core.model_set import apply_4dnex_lora
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
@@ -36,7 +38,7 @@ from train.flow_matching import (
     zero_velocity,
 )
 from train.logging_utils import read_log
-from train.lora_setup import add_lora
+from train.lora_setup import add_lora, trainable_state_dict
 from train.samples import conditioning_of
 from train.trainer import Trainer, load_base_transformer, micro_batch_generator
 
@@ -67,8 +69,9 @@ def _base_model(seed=0):
     return FourDNeXTransformer3DModel(**TINY_TRANSFORMER)
 
 
-def _config(tmp_path, out="out", **train):
+def _config(tmp_path, out="out", memory=None, **train):
     return config_from_dict({
+        "memory": memory or {},
         "data": {"cache_dir": str(tmp_path / "cache")},
         "lora": {"rank": 4, "alpha": 2.0},
         "optim": {"lr": 2e-3, "warmup_steps": 2, "scheduler": "cosine"},
@@ -369,3 +372,68 @@ def test_fp32_training_loads_the_base_in_fp32_and_rejects_a_bf16_base(tmp_path, 
 def test_lora_targets_that_are_not_linear_are_refused():
     with pytest.raises(ValueError, match=r"not Linear: patch_embedding \(Conv3d\).*Linear layers only"):
         add_lora(_base_model(), rank=4, alpha=4.0, target_modules=["to_q", "patch_embedding"])
+
+
+def _same_training(first, second, steps=2, rel=0.0):
+    """Run both trainers ``steps`` steps; losses, gradient norms and the trained tensors agree within ``rel``."""
+    for _ in range(steps):
+        a, b = first.train_step(), second.train_step()
+        assert a["loss"] == pytest.approx(b["loss"], rel=rel, abs=0) and a["grad_norm"] == pytest.approx(
+            b["grad_norm"], rel=max(rel, 1e-7))
+    trained = [trainable_state_dict(trainer.transformer) for trainer in (first, second)]
+    assert trained[0].keys() == trained[1].keys()
+    for key in trained[0]:
+        torch.testing.assert_close(trained[0][key], trained[1][key], rtol=rel, atol=rel * 1e-2)
+
+
+def test_block_swap_trains_exactly_like_the_resident_model(tmp_path):
+    _write_cache(tmp_path / "cache")
+    resident = Trainer(_config(tmp_path, out="a", max_steps=3, gradient_checkpointing=True), _base_model())
+    swapped = Trainer(_config(tmp_path, out="b", max_steps=3, gradient_checkpointing=True,
+                              memory={"blocks_to_swap": 1}), _base_model())
+    swap = swapped.block_swap
+    assert swap is not None and list(swap._swapped) == [0] and resident.block_swap is None
+    lora_in_block_0 = [p for n, p in swapped.transformer.blocks[0].named_parameters() if "lora_" in n]
+    swapped_ids = {id(t) for t in swap._swapped[0].tensors}
+    assert lora_in_block_0 and not any(id(p) in swapped_ids for p in lora_in_block_0)  # the LoRA stays put
+    assert all(not t.requires_grad for t in swap._swapped[0].tensors)
+    _same_training(resident, swapped, steps=3)
+    assert swapped.train().lora_path.is_file()
+
+
+def test_fp8_base_weights_train_like_their_dequantized_values(tmp_path):
+    _write_cache(tmp_path / "cache")
+    fp8 = Trainer(_config(tmp_path, out="a", memory={"fp8": "weights"}), _base_model())
+    wrapped = [m.get_base_layer() for m in fp8.transformer.modules() if hasattr(m, "get_base_layer")
+               and "lora_A" in dict(m.named_children())]
+    assert wrapped and all(isinstance(layer, FP8Linear) for layer in wrapped)  # the LoRA sits on fp8 layers
+    assert all(p.dtype == torch.float32 for p in fp8.trainable)
+    rounded = _base_model()  # the same model with its block Linear weights replaced by their fp8 values
+    quantized = _base_model()
+    quantize_block_linears(quantized)
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            if isinstance(module, FP8Linear):
+                rounded.get_submodule(name).weight.copy_(module.dequantized_weight(torch.float32))
+    _same_training(fp8, Trainer(_config(tmp_path, out="b"), rounded), rel=1e-6)
+
+
+def test_another_attention_kernel_trains_within_rounding(tmp_path):
+    _write_cache(tmp_path / "cache")
+    math = Trainer(_config(tmp_path, out="a", memory={"attention": "math"}), _base_model())
+    backends = {m.processor._attention_backend.value for m in math.transformer.modules() if hasattr(m, "processor")}
+    assert backends == {"_native_math"}
+    _same_training(math, Trainer(_config(tmp_path, out="b"), _base_model()), rel=1e-5)
+
+
+def test_a_comfyui_fp8_file_trains_in_fp8_with_memory_fp8_weights(tmp_path):
+    model_file = save_transformer_single_file(_base_model(), tmp_path / "wan_fp8_scaled.safetensors",
+                                              dtype=torch.float32, fp8="scaled")
+    config = _config(tmp_path, memory={"fp8": "weights"})
+    config.models.transformer = model_file
+    loaded = load_base_transformer(config, torch.device("cpu"))
+    layers = [m for m in loaded.blocks.modules() if isinstance(m, FP8Linear)]
+    assert layers and all(layer.weight.dtype == torch.float8_e4m3fn for layer in layers)
+    assert all(layer.compute_dtype == torch.float32 for layer in layers)  # fp32 on the CPU, no autocast
+    config.memory.fp8 = "off"
+    assert not any(isinstance(m, FP8Linear) for m in load_base_transformer(config, torch.device("cpu")).modules())

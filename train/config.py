@@ -1,6 +1,6 @@
 """The trainer's configuration: one TOML file, validated, every key overridable on the command line.
 
-A config has up to seven sections, each a dataclass below (see ``train/README.md`` for every
+A config has up to nine sections, each a dataclass below (see ``train/README.md`` for every
 key). Loading checks it strictly: an unknown key or section is an error that names the valid
 keys (and the section where a misplaced key belongs), a value of the wrong type names the
 expected type, and :meth:`TrainConfig.require` names the keys a command needs that are unset.
@@ -22,6 +22,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from fourdnex_core.lowvram import LowVramOptions
+from fourdnex_core.lowvram.attention import BACKENDS as ATTENTION_BACKENDS
 from fourdnex_core.representation import check_video_size
 from fourdnex_core.schedulers import SAMPLERS
 
@@ -33,6 +35,8 @@ CONDITION_XYZ = ("init", "first_frame")
 CACHE_DTYPES = ("bf16", "fp32")
 MODEL_DTYPES = ("bf16", "fp16", "fp32")
 RESUME_MODES = ("auto", "none")
+TRAIN_FP8_MODES = ("off", "weights")
+FORWARD_ONLY_ATTENTION = ("sage",)  # SageAttention kernels have no backward pass
 
 
 class ConfigError(ValueError):
@@ -206,6 +210,55 @@ class SampleConfig:
         _one_of("sample", "sampler", self.sampler, SAMPLERS)
 
 
+@dataclasses.dataclass
+class MemoryConfig:
+    """Low-VRAM options for the frozen base transformer and the VAE (``fourdnex_core.lowvram``).
+
+    blocks_to_swap: base blocks kept in CPU memory and brought to the GPU for their forward and
+        again for their recomputation in backward (needs gradient checkpointing); -1: from free
+        VRAM minus ``activation_reserve_gb``. Exact.
+    fp8: "off" or "weights" (frozen Linear weights stored in fp8, upcast one layer at a time;
+        ComfyUI's fp8 files stay fp8). fp8 matmuls have no backward pass.
+    attention: an attention backend with a backward pass (not "sage").
+    compile: torch.compile the blocks.
+    vae_tiling, vae_tile_size, vae_tile_overlap: tiled VAE for ``prepare`` and decoded samples.
+    """
+
+    blocks_to_swap: int = 0
+    activation_reserve_gb: float = LowVramOptions.activation_reserve_gb
+    fp8: str = "off"
+    attention: str = "sdpa"
+    compile: bool = False
+    vae_tiling: bool = False
+    vae_tile_size: int = LowVramOptions.vae_tile_size
+    vae_tile_overlap: int = LowVramOptions.vae_tile_overlap
+
+    def __post_init__(self) -> None:
+        if self.blocks_to_swap < -1:
+            raise ConfigError(f"[memory] blocks_to_swap must be a block count >= 0, or -1 for auto; got "
+                              f"{self.blocks_to_swap}.")
+        if self.fp8 == "matmul":
+            raise ConfigError('[memory] fp8 = "matmul" cannot train: fp8 matmuls (torch._scaled_mm) have no '
+                              'backward pass. Use fp8 = "weights" (fp8 storage, bf16 matmuls).')
+        _one_of("memory", "fp8", self.fp8, TRAIN_FP8_MODES)
+        if self.attention in FORWARD_ONLY_ATTENTION:
+            raise ConfigError(f"[memory] attention = {self.attention!r} cannot train: its kernels have no backward "
+                              'pass. Use "sdpa", "flash", "flash3", "xformers" or "cudnn".')
+        _one_of("memory", "attention", self.attention, list(ATTENTION_BACKENDS))
+        _positive("memory", "activation_reserve_gb", self.activation_reserve_gb, allow_zero=True)
+        try:
+            self.low_vram_options()
+        except ValueError as error:
+            raise ConfigError(f"[memory] {error}") from error
+
+    def low_vram_options(self) -> LowVramOptions:
+        """These settings as the :class:`LowVramOptions` the inference side takes."""
+        return LowVramOptions(blocks_to_swap="auto" if self.blocks_to_swap == -1 else self.blocks_to_swap,
+                              activation_reserve_gb=self.activation_reserve_gb, fp8=self.fp8,
+                              attention=self.attention, compile=self.compile, vae_tiling=self.vae_tiling,
+                              vae_tile_size=self.vae_tile_size, vae_tile_overlap=self.vae_tile_overlap)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "models": ModelsConfig,
@@ -215,6 +268,7 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "log": LogConfig,
     "sample": SampleConfig,
+    "memory": MemoryConfig,
 }
 
 
@@ -230,6 +284,12 @@ class TrainConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+
+    def __post_init__(self) -> None:
+        if self.memory.blocks_to_swap != 0 and not self.train.gradient_checkpointing:
+            raise ConfigError("[memory] blocks_to_swap needs [train] gradient_checkpointing = true: swapped blocks "
+                              "are loaded again for their recomputation in the backward pass.")
 
     def require(self, *keys: str, command: str) -> None:
         """Raise a :class:`ConfigError` listing every dotted key (``"data.root"``) that is unset."""

@@ -33,11 +33,12 @@ from fourdnex_core.encoders import encode_image, encode_prompt, with_pointmap_st
 from fourdnex_core.loading.clip_vision_loader import load_clip_vision
 from fourdnex_core.loading.text_encoder_loader import load_text_encoder
 from fourdnex_core.loading.vae_loader import load_vae
+from fourdnex_core.lowvram import prepare_vae
 from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.representation import xyz_init_map
 from fourdnex_core.vae_io import encode_video
 from train.cache import CachedClip, cache_path, fingerprint, is_cached, write_cached_clip
-from train.config import DataConfig, ModelsConfig, TrainConfig
+from train.config import DataConfig, MemoryConfig, ModelsConfig, TrainConfig
 from train.data_layout import ClipSource, find_clips
 from train.devices import dtype_named, resolve_device, weight_dtype
 from train.pointmaps import ProcessedClip, process_clip
@@ -61,12 +62,15 @@ class Encoders:
     device: torch.device
 
 
-def load_encoders(models: ModelsConfig, device: torch.device) -> Encoders:
-    """Load the Wan VAE (fp32), UMT5 and CLIP vision (``models.dtype`` on GPU, fp32 on CPU)."""
+def load_encoders(models: ModelsConfig, device: torch.device, memory: MemoryConfig | None = None) -> Encoders:
+    """Load the Wan VAE (fp32; tiled with ``memory.vae_tiling``), UMT5 and CLIP vision
+    (``models.dtype`` on GPU, fp32 on CPU)."""
     locations = ModelLocations(models=models.root, vae=models.vae, text_encoder=models.text_encoder,
                                clip_vision=models.clip_vision, tokenizer=models.tokenizer)
     dtype = weight_dtype(models.dtype, device)
     vae = load_vae(locations.source("vae"), dtype=torch.float32, device=device)
+    if memory is not None:
+        prepare_vae(vae, memory.low_vram_options())
     text_encoder, tokenizer = load_text_encoder(locations.source("text_encoder").path,
                                                 tokenizer_path=models.tokenizer, dtype=dtype, device=device)
     image_encoder, image_processor = load_clip_vision(locations.source("clip_vision").path, dtype=dtype,
@@ -102,12 +106,15 @@ class PrepareReport:
         return "\n".join(lines)
 
 
-def cache_settings(data: DataConfig, models: ModelsConfig) -> dict[str, Any]:
-    """Every setting that changes a cache file's content (hashed into its fingerprint)."""
+def cache_settings(data: DataConfig, models: ModelsConfig, memory: MemoryConfig | None = None) -> dict[str, Any]:
+    """Every setting that changes a cache file's content (hashed into its fingerprint); VAE tiling
+    only when on (tiled latents differ slightly), so caches made without it keep their fingerprint."""
     keys = ("layout", "num_frames", "height", "width", "frame_stride", "condition_xyz", "cache_dtype",
             "pointmap_style", "percentiles")
     settings = {key: getattr(data, key) for key in keys}
     settings["models"] = {key: str(getattr(models, key)) for key in ("root", "vae", "text_encoder", "clip_vision")}
+    if memory is not None and memory.vae_tiling:
+        settings["vae_tiling"] = [memory.vae_tile_size, memory.vae_tile_overlap]
     return settings
 
 
@@ -149,7 +156,7 @@ def prepare_dataset(config: TrainConfig, encoders: Encoders | None = None, *, pr
     config.require("data.root", "data.cache_dir", command="prepare")
     data = config.data
     clips = find_clips(data.root, data.layout)
-    settings = cache_settings(data, config.models)
+    settings = cache_settings(data, config.models, config.memory)
     report = PrepareReport()
     done = 0
     try:
@@ -189,7 +196,7 @@ def _prepare_clip(clip: ClipSource, config: TrainConfig, settings: dict[str, Any
     if encoders is None:
         device = resolve_device(config.train.device)
         logger.info("Loading the encoders on %s.", device)
-        encoders = load_encoders(config.models, device)
+        encoders = load_encoders(config.models, device, config.memory)
     cached = encode_clip(processed, encoders, data)
     cached.metadata["fingerprint"] = clip_fingerprint
     write_cached_clip(path, cached)

@@ -25,7 +25,10 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from fourdnex_core.loading.fp8 import FP8Linear
 from fourdnex_core.loading.transformer_loader import load_transformer
+from fourdnex_core.lowvram import apply_model_options, place_transformer, prepare_vae
+from fourdnex_core.lowvram.fp8_weights import fp8_layer_count, quantize_block_linears
 from fourdnex_core.loading.vae_loader import load_vae
 from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
@@ -66,7 +69,9 @@ def micro_batch_generator(seed: int, micro_index: int, rank: int = 0) -> torch.G
 
 def load_base_transformer(config: TrainConfig, device: torch.device) -> FourDNeXTransformer3DModel:
     """The frozen base transformer from ``[models]``: ``models.dtype`` on GPU with autocast, fp32 on
-    CPU or with ``mixed_precision = "fp32"`` (see :func:`train.devices.weight_dtype`)."""
+    CPU or with ``mixed_precision = "fp32"`` (see :func:`train.devices.weight_dtype`). Loaded to the
+    CPU when blocks will be swapped (the whole model may not fit the GPU); fp8 files stay fp8 with
+    ``[memory] fp8 = "weights"``."""
     if config.models.root is None and config.models.transformer is None:
         raise ConfigError("`fourdnex-train run` needs the base transformer: set [models] root (a diffusers "
                           "Wan2.1-I2V folder or ComfyUI models/) or [models] transformer (its file).")
@@ -75,16 +80,20 @@ def load_base_transformer(config: TrainConfig, device: torch.device) -> FourDNeX
     if dtype != dtype_named(config.models.dtype) and device.type != "cpu":
         logger.info("mixed_precision = \"fp32\": loading the base transformer in fp32 (not models.dtype = %s).",
                     config.models.dtype)
-    return load_transformer(locations.source("transformer"), model_cls=FourDNeXTransformer3DModel,
-                            dtype=dtype, device=device, keep_fp8=False)
+    memory = config.memory
+    return load_transformer(locations.source("transformer"), model_cls=FourDNeXTransformer3DModel, dtype=dtype,
+                            device="cpu" if memory.blocks_to_swap else device, keep_fp8=memory.fp8 == "weights")
 
 
 def check_weight_precision(transformer: nn.Module, autocast: torch.dtype | None) -> None:
-    """Without autocast every floating weight must be fp32; raise a :class:`ConfigError` otherwise."""
+    """Without autocast every floating weight must compute in fp32 (fp8 layers: their compute dtype);
+    raise a :class:`ConfigError` otherwise."""
     if autocast is not None:
         return
-    low = sorted({str(p.dtype).removeprefix("torch.") for p in transformer.parameters()
-                  if p.is_floating_point() and p.dtype != torch.float32})
+    fp8_weights = {id(m.weight) for m in transformer.modules() if isinstance(m, FP8Linear)}
+    dtypes = [p.dtype for p in transformer.parameters() if p.is_floating_point() and id(p) not in fp8_weights]
+    dtypes += [m.compute_dtype for m in transformer.modules() if isinstance(m, FP8Linear)]
+    low = sorted({str(dtype).removeprefix("torch.") for dtype in dtypes if dtype != torch.float32})
     if low:
         raise ConfigError(f"The base transformer has {'/'.join(low)} weights but training runs without autocast "
                           "(train.mixed_precision = \"fp32\", or the CPU), where they fail on fp32 activations. "
@@ -109,12 +118,19 @@ class Trainer:
         torch.manual_seed(loop.seed)
 
         self.transformer = transformer if transformer is not None else load_base_transformer(config, self.device)
+        memory = config.memory.low_vram_options()
+        if memory.fp8 == "weights" and fp8_layer_count(self.transformer) == 0:
+            quantize_block_linears(self.transformer)  # before the LoRA: it replaces the Linear layers
         check_weight_precision(self.transformer, self.autocast)
-        self.transformer.to(self.device)
         lora = config.lora
         self.trainable = add_lora(self.transformer, rank=lora.rank, alpha=lora.alpha,
                                   target_modules=lora.target_modules,
                                   train_domain_embeddings=lora.train_domain_embeddings)
+        apply_model_options(self.transformer, dataclasses.replace(memory, fp8="off"), self.device)
+        if memory.blocks_to_swap != 0 and self._distributed:
+            raise ConfigError("[memory] blocks_to_swap works in a single process only (DistributedDataParallel needs "
+                              "every weight on the GPU); set it to 0 for multi-GPU training, or train on one GPU.")
+        self.block_swap = place_transformer(self.transformer, memory, self.device, keep_trainable=True)
         if loop.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.transformer.train()
@@ -259,6 +275,7 @@ class Trainer:
         if self.config.sample.decode and self._vae is None:
             locations = ModelLocations(models=self.config.models.root, vae=self.config.models.vae)
             self._vae = load_vae(locations.source("vae"), dtype=torch.float32, device=self.device)
+            prepare_vae(self._vae, self.config.memory.low_vram_options())
         return self._vae if self.config.sample.decode else None
 
     def _export(self) -> None:

@@ -123,15 +123,18 @@ def apply_model_options(model: nn.Module, options: LowVramOptions, device: torch
         compile_blocks(model, device, mode=options.compile_mode)
 
 
-def place_transformer(model: nn.Module, options: LowVramOptions, device: torch.device | str) -> BlockSwap | None:
+def place_transformer(
+    model: nn.Module, options: LowVramOptions, device: torch.device | str, *, keep_trainable: bool = False
+) -> BlockSwap | None:
     """Step 4: put ``model`` on ``device``, or swap its first N blocks (``options.blocks_to_swap``;
-    "auto": from free VRAM). Returns the :class:`BlockSwap` when blocks are swapped."""
+    "auto": from free VRAM). Returns the :class:`BlockSwap` when blocks are swapped.
+    ``keep_trainable``: swap only frozen weights (training: the LoRA stays on ``device``)."""
     device = torch.device(device)
     count = options.blocks_to_swap
     if count == "auto":
         count = auto_blocks_to_swap(model, device, int(options.activation_reserve_gb * GIB))
     if count > 0:
-        return BlockSwap(model, count, device, prefetch=options.prefetch)
+        return BlockSwap(model, count, device, prefetch=options.prefetch, keep_trainable=keep_trainable)
     model.to(device)
     return None
 

@@ -8,6 +8,10 @@ counters): one warm-up step (compilation, kernel autotuning), then ``--steps`` t
 50-step time is extrapolated. Configurations with a memory cap limit this process's CUDA
 allocator to that size (``torch.cuda.set_per_process_memory_fraction``) to stand for a smaller GPU.
 
+Output deviation: before timing, every configuration runs one probe forward (same random weights,
+same inputs, t = 500) and the driver compares its output with the ``bf16`` configuration's
+(relative L2 and max abs): exact options show 0, fp8 and the attention kernels their rounding.
+
     python benchmarks/bench_gpu_14b.py                              # every configuration available here
     python benchmarks/bench_gpu_14b.py --configs bf16,fp8-swap-24gb --json out.jsonl
     python benchmarks/bench_gpu_14b.py --list
@@ -197,6 +201,26 @@ def memory(device: torch.device) -> dict:
             "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB}
 
 
+def probe_output(model, conditioning: Conditioning, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One conditional forward at t = 500 on the job's condition and a seeded latent: the velocity
+    [1, 16, f, h, 2w], float32 on the CPU (compared across configurations by the driver)."""
+    condition = conditioning.condition
+    latent = torch.randn(1, 16, *condition.shape[2:], generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        output = model(hidden_states=torch.cat([latent, condition], dim=1).to(device, dtype),
+                       timestep=torch.tensor([500.0], device=device),
+                       encoder_hidden_states=conditioning.prompt_embeds.to(device, dtype),
+                       encoder_hidden_states_image=conditioning.image_embeds.to(device, dtype), return_dict=False)[0]
+    return output.float().cpu()
+
+
+def deviation(output: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Relative L2 and max abs difference of a probe output from the reference configuration's."""
+    difference = (output - reference).double()
+    return {"output_rel_l2": float(difference.norm() / reference.double().norm()),
+            "output_max_abs": float(difference.abs().max())}
+
+
 def run_config(config: BenchConfig, args: argparse.Namespace) -> dict:
     device, dtype = torch.device(args.device), torch.bfloat16 if args.device != "cpu" else torch.float32
     model_config = json.loads(CONFIG_14B.read_text()) if args.size == "14b" else dict(SMALL)
@@ -226,6 +250,8 @@ def run_config(config: BenchConfig, args: argparse.Namespace) -> dict:
     conditioning = job(model_config, args.frames, args.height, args.width)
     tokens = math.prod(conditioning.condition.shape[2:]) // 4
     try:
+        if args.probe:
+            torch.save(probe_output(model, conditioning, device, dtype), args.probe)
         warmup = timed_steps(model, conditioning, 1, device, dtype)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -279,15 +305,15 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"Device: {records[0]['device'] if records else '?'}; torch {torch.__version__}, CUDA {torch.version.cuda}; "
         f"{args.size} transformer, {args.frames} frames x {args.height} x {args.width} per modality, CFG, "
-        f"{args.steps} timed steps after 1 warm-up.",
+        f"{args.steps} timed steps after 1 warm-up. Output dev: one forward against the bf16 row's.",
         "",
         "| config | what | blocks swapped | s/step (CFG) | 50 steps (min) | TFLOPS | peak alloc GiB | "
-        "peak reserved GiB | weights GiB | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "peak reserved GiB | weights GiB | output dev (rel L2 / max abs) | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         if "seconds_per_step" not in r:
-            lines.append(f"| {r['config']} | {r['description']} | | | | | | | | {r.get('error', '')} |")
+            lines.append(f"| {r['config']} | {r['description']} | | | | | | | | | {r.get('error', '')} |")
             continue
         notes = []
         if r.get("cap_gib"):
@@ -299,14 +325,21 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
         fmt = lambda key: f"{r[key]:.1f}" if r.get(key) is not None else "-"  # noqa: E731
         lines.append(f"| {r['config']} | {r['description']} | {r['blocks_swapped']} | {r['seconds_per_step']:.2f} | "
                      f"{r['minutes_50']:.2f} | {r['tflops']:.0f} | {fmt('peak_allocated_gib')} | "
-                     f"{fmt('peak_reserved_gib')} | {fmt('weights_gib')} | {'; '.join(notes)} |")
+                     f"{fmt('peak_reserved_gib')} | {fmt('weights_gib')} | {deviation_cell(r)} | {'; '.join(notes)} |")
     return "\n".join(lines)
 
 
-def worker_command(name: str, args: argparse.Namespace, output: Path) -> list[str]:
-    return [sys.executable, __file__, "--worker", name, "--json", str(output), "--device", args.device,
-            "--size", args.size, "--frames", str(args.frames), "--height", str(args.height), "--width",
-            str(args.width), "--steps", str(args.steps), "--reserve-gib", str(args.reserve_gib)]
+def deviation_cell(record: dict) -> str:
+    if "output_rel_l2" not in record:
+        return "-"
+    return f"{record['output_rel_l2']:.2g} / {record['output_max_abs']:.2g}"
+
+
+def worker_command(name: str, args: argparse.Namespace, output: Path, probe: Path) -> list[str]:
+    return [sys.executable, __file__, "--worker", name, "--json", str(output), "--probe", str(probe),
+            "--device", args.device, "--size", args.size, "--frames", str(args.frames), "--height",
+            str(args.height), "--width", str(args.width), "--steps", str(args.steps), "--reserve-gib",
+            str(args.reserve_gib)]
 
 
 def drive(args: argparse.Namespace) -> list[dict]:
@@ -317,6 +350,7 @@ def drive(args: argparse.Namespace) -> list[dict]:
         raise SystemExit(f"Unknown configurations {unknown}; --list shows them.")
     device = torch.device(args.device)
     records = []
+    reference = None  # the bf16 row's probe output
     for name in names:
         reason = unavailable(table[name], device)
         if reason:
@@ -324,10 +358,10 @@ def drive(args: argparse.Namespace) -> list[dict]:
             print(f"{name}: skipped ({reason})", file=sys.stderr)
             continue
         with tempfile.TemporaryDirectory() as scratch:
-            output = Path(scratch) / "record.json"
+            output, probe = Path(scratch) / "record.json", Path(scratch) / "probe.pt"
             started = time.perf_counter()
             try:
-                done = subprocess.run(worker_command(name, args, output), timeout=args.timeout)
+                done = subprocess.run(worker_command(name, args, output, probe), timeout=args.timeout)
                 failure = None if done.returncode == 0 else f"worker exited with {done.returncode}"
             except subprocess.TimeoutExpired:
                 failure = f"took more than {args.timeout} s"
@@ -335,6 +369,11 @@ def drive(args: argparse.Namespace) -> list[dict]:
                 record = json.loads(output.read_text())
             else:
                 record = {"config": name, "description": table[name].description, "error": failure}
+            if probe.is_file():
+                if name == "bf16":
+                    reference = torch.load(probe)
+                elif reference is not None:
+                    record.update(deviation(torch.load(probe), reference))
         records.append(record)
         print(f"{name}: {time.perf_counter() - started:.0f} s, "
               f"{record.get('seconds_per_step', record.get('error'))}", file=sys.stderr)
@@ -358,6 +397,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
     parser.add_argument("--json", type=Path, help="append one JSON record per configuration to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--probe", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.list:

@@ -8,6 +8,10 @@ counters): one warm-up step (compilation, kernel autotuning), then ``--steps`` t
 50-step time is extrapolated. Configurations with a memory cap limit this process's CUDA
 allocator to that size (``torch.cuda.set_per_process_memory_fraction``) to stand for a smaller GPU.
 
+Training rows (``train-*``) time one LoRA training step instead (r 64 on the attention projections,
+gradient checkpointing, AdamW, bf16 autocast) on a smaller clip (``--train-frames/-height/-width``,
+25 x 320 x 480 by default: the size a 24 GB card can hold the activations of).
+
 Output deviation: before timing, every configuration runs one probe forward (same random weights,
 same inputs, t = 500) and the driver compares its output with the ``bf16`` configuration's
 (relative L2 and max abs): exact options show 0, fp8 and the attention kernels their rounding.
@@ -15,6 +19,7 @@ same inputs, t = 500) and the driver compares its output with the ``bf16`` confi
     python benchmarks/bench_gpu_14b.py                              # every configuration available here
     python benchmarks/bench_gpu_14b.py --configs bf16,fp8-swap-24gb --json out.jsonl
     python benchmarks/bench_gpu_14b.py --list
+    python benchmarks/bench_gpu_14b.py --configs train-bf16,train-fp8-swap-24gb    # the trainer's memory options
     # smoke test of the script itself on a CPU (small random model, tiny video):
     python benchmarks/bench_gpu_14b.py --device cpu --size small --frames 5 --height 32 --width 48 --steps 1
 """
@@ -38,9 +43,10 @@ from fourdnex_core.loading.safetensors_io import build_empty_model
 from fourdnex_core.lowvram import (
     LowVramOptions,
     StepCache,
+    apply_model_options,
     available_attention_backends,
     blocks_to_swap_for_budget,
-    prepare_transformer,
+    place_transformer,
 )
 from fourdnex_core.lowvram.block_swap import GIB, module_bytes, transformer_blocks
 from fourdnex_core.lowvram.compile import check_compile_backend
@@ -49,6 +55,8 @@ from fourdnex_core.lowvram.fp8_weights import fp8_layer_count, quantize_block_li
 from fourdnex_core.representation import condition_mask, latent_frames
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
+from train.flow_matching import Batch, TimestepSampling, flow_matching_loss
+from train.lora_setup import add_lora
 
 CONFIG_14B = Path(__file__).resolve().parents[1] / "fourdnex_core" / "configs" / "wan2.1_i2v_14b_480p_transformer.json"
 SMALL = dict(num_attention_heads=4, attention_head_dim=32, in_channels=36, out_channels=16, text_dim=64, freq_dim=64,
@@ -60,7 +68,8 @@ CAP_24GB_GIB = 23.0  # what a 24 GB card leaves for PyTorch after the CUDA conte
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    """One row: LowVramOptions fields, an optional allocator cap, and whether to time step caching.
+    """One row: LowVramOptions fields, an optional allocator cap, and whether to time step caching
+    or a training step.
 
     blocks_to_swap "half" swaps half the blocks; "cap" the fewest blocks that fit the cap minus ``--reserve-gib``.
     """
@@ -70,6 +79,7 @@ class BenchConfig:
     options: dict
     cap_gib: float | None = None
     step_cache: bool = False
+    train: bool = False
 
 
 def configs() -> dict[str, BenchConfig]:
@@ -89,6 +99,11 @@ def configs() -> dict[str, BenchConfig]:
         BenchConfig("fp8-24gb", "fp8 weights resident under a 24 GB cap", {"fp8": "weights"}, CAP_24GB_GIB),
         BenchConfig("fast", "fp8 matmul + fastest attention + compile + step cache",
                     {"fp8": "matmul", "attention": "best", "compile": True}, step_cache=True),
+        BenchConfig("train-bf16", "LoRA training step, bf16 resident", {}, train=True),
+        BenchConfig("train-fp8-swap-half", "LoRA training step, fp8 weights, half the blocks swapped",
+                    {"fp8": "weights", "blocks_to_swap": "half"}, train=True),
+        BenchConfig("train-fp8-swap-24gb", "LoRA training step, fp8 weights, blocks swapped to fit 24 GB",
+                    {"fp8": "weights", "blocks_to_swap": "cap"}, CAP_24GB_GIB, train=True),
     ]
     return {row.name: row for row in rows}
 
@@ -221,11 +236,19 @@ def deviation(output: torch.Tensor, reference: torch.Tensor) -> dict:
             "output_max_abs": float(difference.abs().max())}
 
 
-def run_config(config: BenchConfig, args: argparse.Namespace) -> dict:
-    device, dtype = torch.device(args.device), torch.bfloat16 if args.device != "cpu" else torch.float32
+def model_config_for(args: argparse.Namespace) -> dict:
     model_config = json.loads(CONFIG_14B.read_text()) if args.size == "14b" else dict(SMALL)
     model_config.pop("_class_name", None)
-    record = {"config": config.name, "description": config.description, "device": device_name(device)}
+    return model_config
+
+
+def build_with_options(config: BenchConfig, args: argparse.Namespace, model_config: dict, record: dict):
+    """The random-weight model with ``config``'s options applied and placed; the allocator capped.
+
+    Training rows get the LoRA between the fp8 quantization and the other options, as the trainer
+    does. Returns (model, trainable parameters or None); fills ``record``.
+    """
+    device, dtype = torch.device(args.device), compute_dtype(args)
     started = time.perf_counter()
     model = build_transformer(model_config, device, dtype)
     options = dict(config.options)
@@ -234,19 +257,39 @@ def run_config(config: BenchConfig, args: argparse.Namespace) -> dict:
         record["description"] += f" ({options['attention']})"
     if options.get("fp8") in ("weights", "matmul"):
         quantize_block_linears(model)  # before counting bytes; prepare_transformer then keeps these layers
+    trainable = None
+    if config.train:
+        trainable = add_lora(model, rank=64, alpha=32.0, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        model.enable_gradient_checkpointing()
     if options.get("blocks_to_swap") == "half":
         options["blocks_to_swap"] = len(transformer_blocks(model)) // 2
     elif options.get("blocks_to_swap") == "cap":
-        options["blocks_to_swap"] = swap_count_for_cap(model, config.cap_gib, args.reserve_gib)
-    prepared = prepare_transformer(model, LowVramOptions(**options), device)
+        reserve = args.train_reserve_gib if config.train else args.reserve_gib
+        options["blocks_to_swap"] = swap_count_for_cap(model, config.cap_gib, reserve)
+    options = LowVramOptions(**options)
+    apply_model_options(model, options, device)  # fp8 layers exist already: only matmul, attention, compile
+    swap = place_transformer(model, options, device, keep_trainable=config.train)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         if config.cap_gib is not None:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(config.cap_gib * GIB / total, device)
-    record.update(build_seconds=time.perf_counter() - started,
-                  blocks_swapped=prepared.block_swap.blocks_to_swap if prepared.block_swap else 0,
+    record.update(build_seconds=time.perf_counter() - started, blocks_swapped=swap.blocks_to_swap if swap else 0,
                   fp8_layers=fp8_layer_count(model), cap_gib=config.cap_gib)
+    return model, trainable
+
+
+def compute_dtype(args: argparse.Namespace) -> torch.dtype:
+    return torch.bfloat16 if args.device != "cpu" else torch.float32
+
+
+def run_config(config: BenchConfig, args: argparse.Namespace) -> dict:
+    if config.train:
+        return run_train_config(config, args)
+    device, dtype = torch.device(args.device), compute_dtype(args)
+    model_config = model_config_for(args)
+    record = {"config": config.name, "description": config.description, "device": device_name(device)}
+    model, _ = build_with_options(config, args, model_config, record)
     conditioning = job(model_config, args.frames, args.height, args.width)
     tokens = math.prod(conditioning.condition.shape[2:]) // 4
     try:
@@ -264,6 +307,52 @@ def run_config(config: BenchConfig, args: argparse.Namespace) -> dict:
         if config.step_cache:
             record.update(step_cache_timing(model, conditioning, args.steps, device, dtype, per_step))
             record.update(memory(device))
+    except torch.cuda.OutOfMemoryError as error:
+        record.update(error=f"out of memory{' under the cap' if config.cap_gib else ''}: {str(error)[:120]}")
+    return record
+
+
+def training_batch(model_config: dict, frames: int, height: int, width: int) -> Batch:
+    """A random training clip: RGB and XYZ latents [1, 16, f, h, w] plus the job's condition and embeddings."""
+    conditioning = job(model_config, frames, height, width)
+    generator = torch.Generator().manual_seed(3)
+    shape = (1, 16, *conditioning.condition.shape[2:-1], conditioning.condition.shape[-1] // 2)
+    return Batch(rgb_latent=torch.randn(shape, generator=generator), xyz_latent=torch.randn(shape, generator=generator),
+                 condition=conditioning.condition, prompt_embeds=conditioning.prompt_embeds,
+                 image_embeds=conditioning.image_embeds)
+
+
+def run_train_config(config: BenchConfig, args: argparse.Namespace) -> dict:
+    """Seconds and peak memory of LoRA training steps (forward, backward, AdamW) with ``config``'s options."""
+    device = torch.device(args.device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    model_config = model_config_for(args)
+    record = {"config": config.name, "description": config.description, "device": device_name(device),
+              "train_size": [args.train_frames, args.train_height, args.train_width]}
+    model, trainable = build_with_options(config, args, model_config, record)
+    model.train()
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    batch = training_batch(model_config, args.train_frames, args.train_height, args.train_width).to(device)
+
+    def step(index: int) -> float:
+        synchronize(device)
+        started = time.perf_counter()
+        loss, _ = flow_matching_loss(model, batch, TimestepSampling(), torch.Generator().manual_seed(index),
+                                     autocast_dtype=autocast)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    try:
+        warmup = step(0)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        weights = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None
+        steps = [step(index + 1) for index in range(args.steps)]
+        record.update(warmup_seconds=warmup, step_seconds=steps, seconds_per_step=statistics.median(steps),
+                      minutes_50=None, tflops=None, weights_gib=weights, **memory(device))
     except torch.cuda.OutOfMemoryError as error:
         record.update(error=f"out of memory{' under the cap' if config.cap_gib else ''}: {str(error)[:120]}")
     return record
@@ -322,9 +411,11 @@ def markdown(records: list[dict], args: argparse.Namespace) -> str:
             notes.append(f"skipped step {r['skipped_step_seconds']:.2f} s; 50 steps with 30% / 50% skipped: "
                          f"{r['minutes_50_skip_30pct']:.2f} / {r['minutes_50_skip_50pct']:.2f} min")
         notes.append(f"warm-up {r['warmup_seconds']:.0f} s")
-        fmt = lambda key: f"{r[key]:.1f}" if r.get(key) is not None else "-"  # noqa: E731
+        if "train_size" in r:
+            notes.append("s/step is one training step at {} x {} x {}".format(*r["train_size"]))
+        fmt = lambda key, digits=1: f"{r[key]:.{digits}f}" if r.get(key) is not None else "-"  # noqa: E731
         lines.append(f"| {r['config']} | {r['description']} | {r['blocks_swapped']} | {r['seconds_per_step']:.2f} | "
-                     f"{r['minutes_50']:.2f} | {r['tflops']:.0f} | {fmt('peak_allocated_gib')} | "
+                     f"{fmt('minutes_50', 2)} | {fmt('tflops', 0)} | {fmt('peak_allocated_gib')} | "
                      f"{fmt('peak_reserved_gib')} | {fmt('weights_gib')} | {deviation_cell(r)} | {'; '.join(notes)} |")
     return "\n".join(lines)
 
@@ -339,10 +430,32 @@ def worker_command(name: str, args: argparse.Namespace, output: Path, probe: Pat
     return [sys.executable, __file__, "--worker", name, "--json", str(output), "--probe", str(probe),
             "--device", args.device, "--size", args.size, "--frames", str(args.frames), "--height",
             str(args.height), "--width", str(args.width), "--steps", str(args.steps), "--reserve-gib",
-            str(args.reserve_gib)]
+            str(args.reserve_gib), "--train-frames", str(args.train_frames), "--train-height",
+            str(args.train_height), "--train-width", str(args.train_width), "--train-reserve-gib",
+            str(args.train_reserve_gib)]
+
+
+def run_worker(name: str, args: argparse.Namespace, reference: torch.Tensor | None) -> tuple[dict, torch.Tensor | None]:
+    """Run configuration ``name`` in a fresh process; returns its record and its probe output."""
+    with tempfile.TemporaryDirectory() as scratch:
+        output, probe = Path(scratch) / "record.json", Path(scratch) / "probe.pt"
+        try:
+            done = subprocess.run(worker_command(name, args, output, probe), timeout=args.timeout)
+            failure = None if done.returncode == 0 else f"worker exited with {done.returncode}"
+        except subprocess.TimeoutExpired:
+            failure = f"took more than {args.timeout} s"
+        if output.is_file():
+            record = json.loads(output.read_text())
+        else:
+            record = {"config": name, "description": configs()[name].description, "error": failure}
+        probe_output = torch.load(probe) if probe.is_file() else None
+    if probe_output is not None and reference is not None:
+        record.update(deviation(probe_output, reference))
+    return record, probe_output
 
 
 def drive(args: argparse.Namespace) -> list[dict]:
+    """Every requested configuration in turn (skipped ones with the reason); records also go to ``--json``."""
     table = configs()
     names = args.configs.split(",") if args.configs else list(table)
     unknown = [name for name in names if name not in table]
@@ -352,28 +465,14 @@ def drive(args: argparse.Namespace) -> list[dict]:
     records = []
     reference = None  # the bf16 row's probe output
     for name in names:
+        started = time.perf_counter()
         reason = unavailable(table[name], device)
         if reason:
-            records.append({"config": name, "description": table[name].description, "error": f"skipped: {reason}"})
-            print(f"{name}: skipped ({reason})", file=sys.stderr)
-            continue
-        with tempfile.TemporaryDirectory() as scratch:
-            output, probe = Path(scratch) / "record.json", Path(scratch) / "probe.pt"
-            started = time.perf_counter()
-            try:
-                done = subprocess.run(worker_command(name, args, output, probe), timeout=args.timeout)
-                failure = None if done.returncode == 0 else f"worker exited with {done.returncode}"
-            except subprocess.TimeoutExpired:
-                failure = f"took more than {args.timeout} s"
-            if output.is_file():
-                record = json.loads(output.read_text())
-            else:
-                record = {"config": name, "description": table[name].description, "error": failure}
-            if probe.is_file():
-                if name == "bf16":
-                    reference = torch.load(probe)
-                elif reference is not None:
-                    record.update(deviation(torch.load(probe), reference))
+            record = {"config": name, "description": table[name].description, "error": f"skipped: {reason}"}
+        else:
+            record, probe = run_worker(name, args, reference)
+            if name == "bf16":
+                reference = probe
         records.append(record)
         print(f"{name}: {time.perf_counter() - started:.0f} s, "
               f"{record.get('seconds_per_step', record.get('error'))}", file=sys.stderr)
@@ -393,6 +492,11 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=720, help="per modality; the fused video is twice as wide")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up step")
+    parser.add_argument("--train-frames", type=int, default=25, help="clip size of the training rows")
+    parser.add_argument("--train-height", type=int, default=320)
+    parser.add_argument("--train-width", type=int, default=480, help="per modality")
+    parser.add_argument("--train-reserve-gib", type=float, default=9.0,
+                        help="what capped training rows keep free for activations, the LoRA and its AdamW state")
     parser.add_argument("--reserve-gib", type=float, default=6.0, help="activation reserve for capped block swap")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
     parser.add_argument("--json", type=Path, help="append one JSON record per configuration to this file")
@@ -401,8 +505,9 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.list:
+        width = max(map(len, configs()))
         for name, config in configs().items():
-            print(f"{name:16} {config.description}")
+            print(f"{name:{width}}  {config.description}")
         return
     if args.worker:
         record = run_config(configs()[args.worker], args)

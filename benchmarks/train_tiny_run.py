@@ -17,6 +17,10 @@ projection, with a larger learning rate, so that learning the data is visible in
 steps. The trainer's release defaults (rank 64, alpha 32, attention targets, lr 2e-5) are unchanged.
 
     PYTHONPATH=. python benchmarks/train_tiny_run.py --steps 300 --workdir /tmp/fourdnex_train_tiny
+
+With ``--memory-variants`` it instead trains the same run once per ``[memory]`` option (block swap,
+fp8 base weights, another attention kernel; all with gradient checkpointing, which block swap
+needs) and prints each one's held-out loss and how far its trained tensors are from the plain run's.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from train.cache import list_cache, read_cached_clip
 from train.config import TrainConfig, config_from_dict
 from train.dataset import LatentDataset
 from train.flow_matching import TimestepSampling, evaluation_loss, zero_velocity
+from train.lora_setup import trainable_state_dict
 from train.prepare import prepare_dataset
 from train.samples import conditioning_of
 from train.synthetic_data import write_synthetic_dataset
@@ -47,16 +52,25 @@ TARGETS = {"wide": [*ATTENTION, "ffn.net.0.proj", "ffn.net.2", "proj_out"], "att
 HELD_OUT_SEED = 10_000
 
 
-def tiny_run_config(workdir: Path, models: Path, *, steps: int, lr: float, rank: int,
-                    targets: list[str]) -> TrainConfig:
+MEMORY_VARIANTS = {
+    "plain": {},
+    "block swap, 1 of 2 blocks": {"blocks_to_swap": 1},
+    "fp8 base weights": {"fp8": "weights"},
+    "attention: math": {"attention": "math"},
+}
+
+
+def tiny_run_config(workdir: Path, models: Path, *, steps: int, lr: float, rank: int, targets: list[str],
+                    memory: dict | None = None, output: str = "output") -> TrainConfig:
     """The benchmark's config: 9 x 32 x 48 clips, a rank-``rank`` LoRA (alpha = rank) on ``targets``."""
     return config_from_dict({
+        "memory": memory or {},
         "data": {"root": str(workdir / "clips"), "cache_dir": str(workdir / "cache"), "num_frames": 9,
                  "height": 32, "width": 48, "cache_dtype": "fp32"},
         "models": {"root": str(models)},
         "lora": {"rank": rank, "alpha": float(rank), "target_modules": targets},
         "optim": {"lr": lr, "warmup_steps": 10},
-        "train": {"output_dir": str(workdir / "output"), "max_steps": steps, "seed": 0},
+        "train": {"output_dir": str(workdir / output), "max_steps": steps, "seed": 0},  # checkpointing on
         "checkpoint": {"every_n_steps": 100, "resume": "none"},
         "log": {"tensorboard": False, "progress": False},
     })
@@ -82,6 +96,32 @@ def sampler_change(base: torch.nn.Module, lora_path: Path, cache_dir: Path) -> t
     return float((after - before).abs().mean()), float(before.abs().mean())
 
 
+def relative_deviation(trained: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(relative L2, max abs) difference of all trained tensors from the reference run's."""
+    difference = torch.cat([(trained[key] - reference[key]).flatten() for key in reference])
+    norm = torch.cat([reference[key].flatten() for key in reference]).norm()
+    return float(difference.norm() / norm), float(difference.abs().max())
+
+
+def print_memory_variants(args, tiny, held_out, sampling) -> None:
+    """Train once per :data:`MEMORY_VARIANTS` entry; print held-out loss and deviation from "plain"."""
+    print(f"| [memory] | held-out loss (step {args.steps}) | trained tensors vs plain: rel L2 | max abs | s/step |")
+    print("|---|---|---|---|---|")
+    reference = None
+    for index, (name, memory) in enumerate(MEMORY_VARIANTS.items()):
+        config = tiny_run_config(args.workdir, tiny.comfy_models, steps=args.steps, lr=args.lr, rank=args.rank,
+                                 targets=TARGETS[args.targets], memory=memory, output=f"output-memory-{index}")
+        started = time.perf_counter()
+        trainer = Trainer(config)
+        result = trainer.train()
+        seconds = (time.perf_counter() - started) / len(result.losses)
+        loss = evaluation_loss(trainer.transformer.eval(), held_out, sampling, seed=HELD_OUT_SEED)
+        trained = trainable_state_dict(trainer.transformer)
+        reference = reference or trained
+        deviation, worst = relative_deviation(trained, reference)
+        print(f"| {name} | {loss:.4f} | {deviation:.3g} | {worst:.3g} | {seconds:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -92,6 +132,8 @@ def main() -> None:
                         help="wide: attention + FFN + proj_out; attention: the release's targets")
     parser.add_argument("--held-out", type=int, default=64, help="fixed (clip, noise, sigma) draws for the losses")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/fourdnex_train_tiny"))
+    parser.add_argument("--memory-variants", action="store_true",
+                        help="train once per [memory] option and compare with the plain run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
@@ -110,6 +152,10 @@ def main() -> None:
     base = load_transformer(tiny.comfy_models, model_cls=FourDNeXTransformer3DModel, dtype=torch.float32).eval()
     zero_loss = evaluation_loss(zero_velocity, held_out, sampling, seed=HELD_OUT_SEED)
     untrained_loss = evaluation_loss(base, held_out, sampling, seed=HELD_OUT_SEED)
+    if args.memory_variants:
+        print(f"zero velocity {zero_loss:.4f}, untrained base {untrained_loss:.4f}\n")
+        print_memory_variants(args, tiny, held_out, sampling)
+        return
 
     started = time.perf_counter()
     trainer = Trainer(config)

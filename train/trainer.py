@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from fourdnex_core.loading.fp8 import FP8Linear
 from fourdnex_core.loading.transformer_loader import load_transformer
+from fourdnex_core.loading.vae_loader import load_vae
 from fourdnex_core.lowvram import apply_model_options, place_transformer, prepare_vae
 from fourdnex_core.lowvram.fp8_weights import fp8_layer_count, quantize_block_linears
-from fourdnex_core.loading.vae_loader import load_vae
 from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 from train.cache import list_cache

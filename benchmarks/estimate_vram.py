@@ -9,7 +9,8 @@ makes it until Python frees it:
 * inference: one forward under ``torch.no_grad()`` at 49 x 480 x 720 per modality (the sampler runs
   CFG's two forwards one after the other, so one forward is the peak), bf16 or fp8 weights;
 * training: one LoRA step (r 64 on q, k, v, out; gradient checkpointing; forward, backward and
-  AdamW) under bf16 autocast at 25 x 320 x 480, bf16 or fp8 base weights.
+  AdamW) under bf16 autocast at 25 x 320 x 480, bf16 or fp8 base weights;
+* the VAE decoding the default job's wide latent, bf16 or fp32, untiled or tiled.
 
 What it measures is exact for the eager graph as PyTorch's CPU kernels allocate it: every tensor
 alive at the worst moment. A GPU adds what it cannot see: the CUDA context (0.3-0.5 GiB, outside
@@ -22,7 +23,7 @@ simulated activation peak to the weights that stay resident with the fewest swap
 (:func:`~fourdnex_core.lowvram.blocks_to_swap_for_budget`, two swapped blocks in flight) that fit
 a 24 GB card (23 GiB for PyTorch).
 
-    python benchmarks/estimate_vram.py                     # the 14B (about 1 min on 2 CPU cores)
+    python benchmarks/estimate_vram.py                     # the 14B and the VAE (about 2 min on 2 CPU cores)
     python benchmarks/estimate_vram.py --size small         # the script itself, in seconds
 """
 
@@ -42,14 +43,18 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fourdnex_core.lowvram import blocks_to_swap_for_budget
+from diffusers import AutoencoderKLWan
+
+from fourdnex_core.lowvram import blocks_to_swap_for_budget, enable_vae_tiling
 from fourdnex_core.lowvram.block_swap import GIB, module_bytes, transformer_blocks
 from fourdnex_core.lowvram.fp8_weights import quantize_block_linears
+from fourdnex_core.representation import latent_frames
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 
 from bench_gpu_14b import CAP_24GB_GIB, job, model_config_for  # noqa: E402  (benchmarks/ is on sys.path)
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+VAE_CONFIG = Path(__file__).resolve().parents[1] / "fourdnex_core" / "configs" / "wan2.1_vae.json"
 
 
 @dataclasses.dataclass
@@ -195,6 +200,28 @@ def simulate_training(config: dict, fp8: bool, size: tuple[int, int, int], *, fa
     return Estimate(f"training step, {'fp8' if fp8 else 'bf16'} base", weights, total - 3 * lora, lora, 2 * lora)
 
 
+def simulate_vae_decode(config: dict, dtype: torch.dtype, tiled: bool, size: tuple[int, int, int], *,
+                        fake: bool = True) -> Estimate:
+    """Decoding the wide latent of ``size`` (frames, height, width per modality) in ``dtype``, untiled or in
+    the default 256-pixel tiles with 64 pixels of overlap."""
+    frames, height, width = size
+    with FakeTensorMode() if fake else contextlib.nullcontext():
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)  # built in ``dtype``: fake parameters cannot be converted in place
+        try:
+            vae = AutoencoderKLWan(**config).eval()
+        finally:
+            torch.set_default_dtype(default)
+        if tiled:
+            enable_vae_tiling(vae)
+        latent = torch.randn(1, 16, latent_frames(frames), height // 8, 2 * width // 8, dtype=dtype)
+        with torch.no_grad():
+            activations = peak_bytes(lambda: vae.decode(latent, return_dict=False))
+        weights = module_bytes(vae)
+    name = f"VAE decode, {str(dtype).removeprefix('torch.')}, {'tiled 256/64 px' if tiled else 'untiled'}"
+    return Estimate(name, weights, activations)
+
+
 def with_swap_for_cap(estimate: Estimate, config: dict, fp8: bool, cap_gib: float) -> Estimate:
     """``estimate`` with the fewest swapped blocks that make its peak fit ``cap_gib`` (maybe none)."""
     with FakeTensorMode():
@@ -242,6 +269,10 @@ def main() -> None:
         for estimate in (inference, training):
             swapped = with_swap_for_cap(estimate, config, fp8, args.cap_gib)
             estimates += [estimate, swapped] if swapped.blocks_swapped else [estimate]
+    vae_config = {key: value for key, value in json.loads(VAE_CONFIG.read_text()).items() if not key.startswith("_")}
+    for dtype in (torch.bfloat16, torch.float32):
+        for tiled in (False, True):
+            estimates.append(simulate_vae_decode(vae_config, dtype, tiled, job))
     print(markdown(estimates, args))
     if args.json:
         args.json.write_text(json.dumps([{**dataclasses.asdict(e), "total": e.total} for e in estimates], indent=1))

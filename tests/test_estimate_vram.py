@@ -66,3 +66,17 @@ def test_swap_rows_fit_the_cap_with_the_fewest_blocks(estimator):
     # Two swapped blocks are on the GPU at a time, so saving one block takes three swapped ones.
     assert swapped.blocks_swapped == 3 and swapped.total == estimate.total - block
     assert estimator.with_swap_for_cap(estimate, config, fp8=False, cap_gib=1.0).blocks_swapped == 0
+
+
+def test_fake_vae_decodes_count_what_real_ones_allocate_and_tiling_lowers_the_peak(estimator):
+    from fourdnex_core.tiny import TINY_VAE_CONFIG
+
+    size = (5, 256, 384)  # a 256 x 768 wide frame: several 256-px tiles across
+    peaks = {}
+    for tiled in (False, True):
+        real = estimator.simulate_vae_decode(TINY_VAE_CONFIG, torch.float32, tiled, size, fake=False)
+        fake = estimator.simulate_vae_decode(TINY_VAE_CONFIG, torch.float32, tiled, size, fake=True)
+        assert fake.weights == real.weights and fake.activations == pytest.approx(real.activations, rel=1e-3)
+        assert real.activations > 5 * 3 * 256 * 768 * 4  # at least the decoded video
+        peaks[tiled] = real.activations
+    assert peaks[True] < 0.8 * peaks[False]

@@ -351,8 +351,8 @@ def test_fp32_training_loads_the_base_in_fp32_and_rejects_a_bf16_base(tmp_path, 
     assert weight_dtype("bf16", gpu, "fp32") == torch.float32
     assert weight_dtype("bf16", gpu, "auto") == weight_dtype("bf16", gpu, "bf16") == torch.bfloat16
     config = _config(tmp_path, mixed_precision="fp32")
-    config.models.transformer = tmp_path / "transformer.safetensors"
-    config.models.transformer.write_bytes(b"")  # never read: load_transformer is replaced below
+    config.models.transformer = save_transformer_single_file(_base_model(), tmp_path / "transformer.safetensors")
+    # load_transformer is replaced to see the dtype it is asked for (only the file's header is read).
     loaded = {}
     monkeypatch.setattr("train.trainer.load_transformer", lambda source, **kwargs: loaded.update(kwargs))
     load_base_transformer(config, gpu)
@@ -426,7 +426,7 @@ def test_another_attention_kernel_trains_within_rounding(tmp_path):
     _same_training(math, Trainer(_config(tmp_path, out="b"), _base_model()), rel=1e-5)
 
 
-def test_a_comfyui_fp8_file_trains_in_fp8_with_memory_fp8_weights(tmp_path):
+def test_a_comfyui_fp8_file_trains_in_fp8_with_memory_fp8_weights(tmp_path, caplog):
     model_file = save_transformer_single_file(_base_model(), tmp_path / "wan_fp8_scaled.safetensors",
                                               dtype=torch.float32, fp8="scaled")
     config = _config(tmp_path, memory={"fp8": "weights"})
@@ -436,4 +436,8 @@ def test_a_comfyui_fp8_file_trains_in_fp8_with_memory_fp8_weights(tmp_path):
     assert layers and all(layer.weight.dtype == torch.float8_e4m3fn for layer in layers)
     assert all(layer.compute_dtype == torch.float32 for layer in layers)  # fp32 on the CPU, no autocast
     config.memory.fp8 = "off"
-    assert not any(isinstance(m, FP8Linear) for m in load_base_transformer(config, torch.device("cpu")).modules())
+    with caplog.at_level("WARNING", logger="train.trainer"):
+        upcast = load_base_transformer(config, torch.device("cpu"))
+    assert not any(isinstance(m, FP8Linear) for m in upcast.modules())
+    assert 'wan_fp8_scaled.safetensors holds fp8 weights; with [memory] fp8 = "off" they are upcast to float32' \
+        in caplog.text and 'fp8 = "weights"' in caplog.text

@@ -25,6 +25,7 @@ from diffusers.optimization import get_scheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from fourdnex_core.loading.detect import inspect_transformer
 from fourdnex_core.loading.fp8 import FP8Linear
 from fourdnex_core.loading.transformer_loader import load_transformer
 from fourdnex_core.loading.vae_loader import load_vae
@@ -80,8 +81,12 @@ def load_base_transformer(config: TrainConfig, device: torch.device) -> FourDNeX
     if dtype != dtype_named(config.models.dtype) and device.type != "cpu":
         logger.info("mixed_precision = \"fp32\": loading the base transformer in fp32 (not models.dtype = %s).",
                     config.models.dtype)
-    memory = config.memory
-    return load_transformer(locations.source("transformer"), model_cls=FourDNeXTransformer3DModel, dtype=dtype,
+    memory, source = config.memory, locations.source("transformer")
+    if memory.fp8 == "off" and inspect_transformer(source).fp8 != "none":
+        logger.warning("%s holds fp8 weights; with [memory] fp8 = \"off\" they are upcast to %s (twice the memory). "
+                       "Set [memory] fp8 = \"weights\" to train on them as they are.", source.path.name,
+                       str(dtype).removeprefix("torch."))
+    return load_transformer(source, model_cls=FourDNeXTransformer3DModel, dtype=dtype,
                             device="cpu" if memory.blocks_to_swap else device, keep_fp8=memory.fp8 == "weights")
 
 

@@ -25,6 +25,7 @@ from .lowvram import (
     EmbeddingCache,
     LowVramOptions,
     OffloadPolicy,
+    apply_model_options,
     file_identity,
     prepare_transformer,
     prepare_vae,
@@ -143,7 +144,9 @@ def load_pipeline(
     the transformer (fp8, attention, block swap, compile; it is loaded to CPU memory first when blocks
     are swapped or weights quantized) and, with ``offload`` "cpu" or "free", hands the VAE, text
     encoder and CLIP vision to a :class:`~fourdnex_core.lowvram.ComponentOffload`: each is loaded
-    when first needed and comes to ``device`` for its stage only. ``embedding_cache`` re-uses the
+    when first needed and comes to ``device`` for its stage only. The transformer then stays in CPU
+    memory too and is placed for each sampling run (see :meth:`FourDNeXPipeline.transformer_stage`):
+    on a 24 GB card the fp8 transformer (15.5 GiB) and UMT5-XXL (11 GB) do not fit together. ``embedding_cache`` re-uses the
     text embeddings of prompts seen before. Every file is located before anything loads, so a
     missing file fails at once.
     """
@@ -151,7 +154,8 @@ def load_pipeline(
     device = torch.device(device)
     sources = {name: locations.source(name) for name in ("transformer", "vae", "text_encoder", "clip_vision")}
     check_attention_backend(memory.attention, device)  # a missing kernel package fails before anything loads
-    staging = torch.device("cpu") if memory.blocks_to_swap != 0 or memory.fp8 != "off" else device
+    resident = memory.offload == OffloadPolicy.KEEP.value
+    staging = device if resident and memory.blocks_to_swap == 0 and memory.fp8 == "off" else torch.device("cpu")
     transformer = load_transformer(
         sources["transformer"], model_cls=FourDNeXTransformer3DModel, dtype=dtype, device=staging
     )
@@ -160,16 +164,19 @@ def load_pipeline(
                          strength=lora_strength, fuse=fuse_lora_weights)
     else:
         logger.warning("No 4DNeX LoRA given: running the base Wan2.1 model, whose XYZ half will be meaningless.")
-    prepared = prepare_transformer(transformer, memory, device)
+    if resident:
+        block_swap = prepare_transformer(transformer, memory, device).block_swap
+    else:  # placed for each sampling run by the pipeline
+        apply_model_options(transformer, memory, device)
+        block_swap = None
 
     pipeline = FourDNeXPipeline(
-        transformer=prepared.model, vae=None, text_encoder=None, tokenizer=None, image_encoder=None,
-        image_processor=None, memory=memory, block_swap=prepared.block_swap, embedding_cache=embedding_cache,
+        transformer=transformer, vae=None, text_encoder=None, tokenizer=None, image_encoder=None,
+        image_processor=None, memory=memory, block_swap=block_swap, embedding_cache=embedding_cache,
         text_encoder_identity=None if embedding_cache is None else file_identity(
             *filter(None, (sources["text_encoder"].path, locations.tokenizer)), dtype=dtype),
         device=device,
     )
-    resident = memory.offload == OffloadPolicy.KEEP.value
     load_device = device if resident else torch.device("cpu")
     vae_dtype = torch.float32 if device.type == "cpu" else dtype
 

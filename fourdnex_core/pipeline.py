@@ -18,7 +18,15 @@ from .conditioning import encode_condition
 from .decode import decode_wide_latent
 from .encoders import encode_image, encode_prompt, with_pointmap_style
 from .image_io import fit_image, image_to_tensor
-from .lowvram import BlockSwap, ComponentOffload, EmbeddingCache, LowVramOptions, PromptKey, sampling_transformer
+from .lowvram import (
+    BlockSwap,
+    ComponentOffload,
+    EmbeddingCache,
+    LowVramOptions,
+    PromptKey,
+    sampling_transformer,
+    transformer_on_device,
+)
 from .representation import check_video_size, xyz_init_map
 from .sampler import Conditioning, SamplingSettings, StepCallback, sample
 
@@ -58,8 +66,12 @@ class FourDNeXPipeline:
     - ``memory``: the :class:`~fourdnex_core.lowvram.LowVramOptions` the transformer was prepared
       with (its step cache wraps the transformer for each run);
     - ``offload``: a :class:`~fourdnex_core.lowvram.ComponentOffload` holding the VAE, text encoder
-      and CLIP vision (their fields are then None): each comes to ``device`` for its stage only;
-    - ``block_swap``: the transformer's :class:`~fourdnex_core.lowvram.BlockSwap`, if any;
+      and CLIP vision (their fields are then None): each comes to ``device`` for its stage only.
+      The transformer then waits in CPU memory too and is placed on ``device`` for the sampling
+      only (blocks swapped per ``memory.blocks_to_swap``, "auto" counted from the VRAM free at
+      that moment), so the encoders and the VAE never share the GPU with it;
+    - ``block_swap``: the resident transformer's :class:`~fourdnex_core.lowvram.BlockSwap`, if any
+      (without ``offload``);
     - ``embedding_cache`` with ``text_encoder_identity`` (see
       :func:`~fourdnex_core.lowvram.file_identity`): a prompt seen before is not encoded again.
     """
@@ -76,6 +88,21 @@ class FourDNeXPipeline:
     embedding_cache: EmbeddingCache | None = None
     text_encoder_identity: str | None = None
     device: torch.device | None = None
+
+    @contextlib.contextmanager
+    def transformer_stage(self, device: torch.device) -> Iterator[None]:
+        """The transformer on ``device`` for one sampling run: placed for the run and back in CPU
+        memory after when the other components are offloaded, resident otherwise (a block prefetched
+        for a next step goes back, before the VAE needs the room)."""
+        if self.offload is not None:
+            with transformer_on_device(self.transformer, self.memory, device):
+                yield
+            return
+        try:
+            yield
+        finally:
+            if self.block_swap is not None:
+                self.block_swap.offload_all()
 
     @contextlib.contextmanager
     def component(self, name: str) -> Iterator[Any]:
@@ -162,12 +189,11 @@ class FourDNeXPipeline:
             image_embeds=image_embeds,
         )
         transformer = sampling_transformer(self.transformer, self.memory, settings.num_inference_steps)
-        latent = sample(
-            transformer, conditioning, settings, dtype=dtype, device=device,
-            on_step=on_step, should_cancel=should_cancel, progress=progress,
-        )
-        if self.block_swap is not None:
-            self.block_swap.offload_all()  # the block prefetched for a next step, before the VAE needs room
+        with self.transformer_stage(device):
+            latent = sample(
+                transformer, conditioning, settings, dtype=dtype, device=device,
+                on_step=on_step, should_cancel=should_cancel, progress=progress,
+            )
         with self.component("vae") as vae:
             decoded = decode_wide_latent(vae, latent, progress=progress)
         return GenerationResult(rgb=decoded.rgb, xyz=decoded.xyz, latent=latent, prompt=used_prompt,

@@ -1,9 +1,12 @@
 """Memory options through the pipeline and ``fourdnex generate``: exact ones change nothing."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
+from fourdnex_core import pipeline as pipeline_module
 from fourdnex_core.cli import main
 from fourdnex_core.lowvram import EmbeddingCache, LowVramOptions
 from fourdnex_core.model_set import ModelLocations, load_pipeline
@@ -24,7 +27,30 @@ def _generate(pipeline, prompt="a ball"):
                     settings=SamplingSettings(num_inference_steps=2, seed=3), progress=False)
 
 
-def test_block_swap_offload_and_embedding_cache_are_exact(tiny, tmp_path):
+def _record_stages(pipeline, monkeypatch):
+    """Log each component stage and the transformer's placement (with its swapped block count) in order."""
+    stages = []
+    place, use = pipeline_module.transformer_on_device, pipeline.offload.use
+
+    @contextlib.contextmanager
+    def placed(*args, **kwargs):
+        with place(*args, **kwargs) as swap:
+            stages.append(("transformer", swap.blocks_to_swap if swap else 0))
+            yield swap
+        stages.append(("transformer back", all(p.device.type == "cpu" for p in pipeline.transformer.parameters())))
+
+    @contextlib.contextmanager
+    def used(name):
+        with use(name) as module:
+            stages.append(name)
+            yield module
+
+    monkeypatch.setattr(pipeline_module, "transformer_on_device", placed)
+    monkeypatch.setattr(pipeline.offload, "use", used)
+    return stages
+
+
+def test_block_swap_offload_and_embedding_cache_are_exact(tiny, tmp_path, monkeypatch):
     locations = ModelLocations(models=tiny.comfy_models, lora=tiny.comfy_lora)
     plain = _generate(load_pipeline(locations))
 
@@ -32,8 +58,13 @@ def test_block_swap_offload_and_embedding_cache_are_exact(tiny, tmp_path):
     options = LowVramOptions(blocks_to_swap=1, offload="free")
     pipeline = load_pipeline(locations, memory=options, embedding_cache=cache)
     assert pipeline.text_encoder is None and pipeline.vae is None  # held by the offload, loaded per stage
-    assert pipeline.block_swap is not None and pipeline.block_swap.blocks_to_swap == 1
-    first, second = _generate(pipeline), _generate(pipeline)
+    assert pipeline.block_swap is None  # placed, and its blocks swapped, for each sampling run only
+    stages = _record_stages(pipeline, monkeypatch)
+    first = _generate(pipeline)
+    # The encoders and the VAE never share the GPU with the transformer (24 GB: fp8 15.5 GiB + UMT5 11 GB).
+    assert stages == ["text_encoder", "image_encoder", "vae", ("transformer", 1), ("transformer back", True), "vae"]
+    assert not any(block._forward_pre_hooks for block in pipeline.transformer.blocks)  # swap hooks removed
+    second = _generate(pipeline)
     assert torch.equal(first.latent, plain.latent) and torch.equal(first.xyz, plain.xyz)
     assert torch.equal(second.latent, plain.latent)
     assert pipeline.offload.loads("text_encoder") == 1  # the second run's prompt came from the cache

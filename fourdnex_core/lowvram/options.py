@@ -53,7 +53,8 @@ class LowVramOptions:
     compile / compile_mode: torch.compile the blocks.
     step_cache_threshold: TeaCache-style step skipping (0: off; 0.1-0.3 typical). Approximate.
     vae_tiling / vae_tile_size / vae_tile_overlap: tiled VAE encode/decode, in pixels.
-    offload: what the text encoder, CLIP vision and VAE do after their stage: "keep", "cpu", "free".
+    offload: what the text encoder, CLIP vision and VAE do after their stage: "keep", "cpu", "free";
+        with "cpu" or "free" the pipeline also places the transformer for the sampling only.
     embedding_cache: re-use prompt embeddings for a prompt seen before (never load UMT5 for it).
     """
 

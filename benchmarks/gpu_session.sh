@@ -14,8 +14,8 @@
 #
 # CONFIGS (comma-separated, see `bench_gpu_14b.py --list`) picks the rows; the default is the rows
 # the goals rest on, most important first, each limited to PER_CONFIG_S seconds, so that
-# what finished comes back (in $OUT) even when the call runs out of time. DEVICE=cpu SIZE=small (and PYTHON=.venv/bin/python) runs
-# the same plumbing on a CPU.
+# what finished comes back (in $OUT) even when the call runs out of time. DEVICE=cpu SIZE=small
+# PYTHON=.venv/bin/python runs the same plumbing on a CPU.
 set -uo pipefail
 OUT=${OUT:-/tmp/fourdnex-gpu-out}
 mkdir -p "$OUT"

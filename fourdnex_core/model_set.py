@@ -146,9 +146,9 @@ def load_pipeline(
     encoder and CLIP vision to a :class:`~fourdnex_core.lowvram.ComponentOffload`: each is loaded
     when first needed and comes to ``device`` for its stage only. The transformer then stays in CPU
     memory too and is placed for each sampling run (see :meth:`FourDNeXPipeline.transformer_stage`):
-    on a 24 GB card the fp8 transformer (15.5 GiB) and UMT5-XXL (11 GB) do not fit together. ``embedding_cache`` re-uses the
-    text embeddings of prompts seen before. Every file is located before anything loads, so a
-    missing file fails at once.
+    on a 24 GB card the fp8 transformer (15.5 GiB) and UMT5-XXL (11 GB) do not fit together.
+    ``embedding_cache`` re-uses the text embeddings of prompts seen before. Every file is located
+    before anything loads, so a missing file fails at once.
     """
     memory = memory or LowVramOptions()
     device = torch.device(device)

@@ -11,9 +11,11 @@ every block:
 
 A forward post-hook on each swapped block puts its weights back to the CPU copies (nothing is
 copied back: swapped weights are frozen). At most two swapped blocks are on the device at any
-time (three in a training backward pass, see below). The hooks only look at ``model.blocks``, so any transformer whose forward runs its
-blocks in order (diffusers' Wan and :class:`~fourdnex_core.transformer.FourDNeXTransformer3DModel`)
-works unchanged, and so does any callable wrapper around it (the sampler never knows).
+time (in a training backward pass, plus the copy a recomputed block's graph holds until its
+gradients are done; see below). The hooks only look at ``model.blocks``, so any transformer whose
+forward runs its blocks in order (diffusers' Wan and
+:class:`~fourdnex_core.transformer.FourDNeXTransformer3DModel`) works unchanged, and so does any
+callable wrapper around it (the sampler never knows).
 
 Weights are moved by swapping each tensor's ``.data`` between its CPU copy and a device copy;
 module objects, parameters and their other hooks (an attached LoRA, fp8 layers) stay as they are.

@@ -54,6 +54,23 @@ def test_optional_backends_explain_what_is_missing(name):
         assert name not in available_attention_backends("cuda")
 
 
+def test_a_package_older_than_diffusers_takes_is_named_with_both_versions(monkeypatch):
+    import importlib.metadata
+    import importlib.util
+
+    find_spec, version = importlib.util.find_spec, importlib.metadata.version
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "sageattention" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "1.0.6" if name == "sageattention" else version(name))
+    with pytest.raises(ImportError, match=r"sageattention >= 2\.1\.1 .*1\.0\.6 is installed.*from source.*sdpa"):
+        set_attention_backend(_model(), "sage", "cuda")
+    assert "sage" not in available_attention_backends("cuda")
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "2.2.0" if name == "sageattention" else version(name))
+    assert "sage" in available_attention_backends("cuda")  # recent enough (the check is the version, not a GPU)
+
+
 def test_unknown_backend_and_non_diffusers_models():
     with pytest.raises(ValueError, match="sdpa"):
         set_attention_backend(_model(), "fast", "cpu")

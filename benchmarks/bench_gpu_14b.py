@@ -495,7 +495,7 @@ def main() -> None:
     parser.add_argument("--train-frames", type=int, default=25, help="clip size of the training rows")
     parser.add_argument("--train-height", type=int, default=320)
     parser.add_argument("--train-width", type=int, default=480, help="per modality")
-    parser.add_argument("--train-reserve-gib", type=float, default=9.0,
+    parser.add_argument("--train-reserve-gib", type=float, default=10.0,
                         help="what capped training rows keep free for activations, the LoRA and its AdamW state")
     parser.add_argument("--reserve-gib", type=float, default=6.0, help="activation reserve for capped block swap")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")

@@ -9,7 +9,8 @@ makes it until Python frees it:
 * inference: one forward under ``torch.no_grad()`` at 49 x 480 x 720 per modality (the sampler runs
   CFG's two forwards one after the other, so one forward is the peak), bf16 or fp8 weights;
 * training: one LoRA step (r 64 on q, k, v, out; gradient checkpointing; forward, backward and
-  AdamW) under bf16 autocast at 25 x 320 x 480, bf16 or fp8 base weights;
+  AdamW) under bf16 autocast at 25 x 320 x 480, bf16 or fp8 base weights, and at the default
+  49 x 480 x 720 with the checkpointed block inputs offloaded to CPU memory;
 * the VAE decoding the default job's wide latent, bf16 or fp32, untiled or tiled.
 
 What it measures is exact for the eager graph as PyTorch's CPU kernels allocate it: every tensor
@@ -35,6 +36,7 @@ import dataclasses
 import json
 import weakref
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +47,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from diffusers import AutoencoderKLWan
 
-from fourdnex_core.lowvram import blocks_to_swap_for_budget, enable_vae_tiling
+from fourdnex_core.lowvram import activation_offload, blocks_to_swap_for_budget, enable_vae_tiling
+from fourdnex_core.lowvram.activation_offload import offloaded_checkpoint
 from fourdnex_core.lowvram.block_swap import GIB, module_bytes, transformer_blocks
 from fourdnex_core.lowvram.fp8_weights import quantize_block_linears
 from fourdnex_core.representation import latent_frames
@@ -114,10 +117,11 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        inputs = {t.untyped_storage()._cdata for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        inputs = {t.untyped_storage()._cdata for t in pytree.tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         result = func(*args, **kwargs)
         for tensor in pytree.tree_leaves(result):
-            if not isinstance(tensor, torch.Tensor):
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":  # meta: no memory
                 continue
             storage = tensor.untyped_storage()
             key = storage._cdata
@@ -176,13 +180,22 @@ def attach_lora_stand_ins(model: nn.Module, rank: int = 64, alpha: float = 32.0)
     return [parameter for parameter in model.parameters() if parameter.requires_grad]
 
 
-def simulate_training(config: dict, fp8: bool, size: tuple[int, int, int], *, fake: bool = True) -> Estimate:
-    """One LoRA step; gradients and AdamW state are the trainable tensors' (fp32 LoRA: 4 and 8 bytes per
-    value), the rest activations. ``fake=False`` runs it for real (small models: checks the simulation)."""
-    with FakeTensorMode() if fake else contextlib.nullcontext():
+def _meta_host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """Stands for the pinned CPU copy of an offloaded block input: host memory, not counted."""
+    return tensor.detach().to("meta")
+
+
+def simulate_training(config: dict, fp8: bool, size: tuple[int, int, int], *, fake: bool = True,
+                      offload_activations: bool = False) -> Estimate:
+    """A LoRA step in steady state: the second step, with the gradients and the AdamW state (the trainable
+    tensors', fp32: 4 and 8 bytes per value) already made and kept; activations are all it allocates. ``fake=False`` runs it for real (small models: checks the simulation).
+    ``offload_activations``: the checkpointed block inputs go to CPU memory (``[memory]
+    offload_activations``); their copies are left out of the count."""
+    host_copy = mock.patch.object(activation_offload, "_host_copy", _meta_host_copy) if fake else contextlib.nullcontext()
+    with FakeTensorMode() if fake else contextlib.nullcontext(), host_copy:
         model = fake_model(config, fp8)
         trainable = attach_lora_stand_ins(model)
-        model.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(offloaded_checkpoint if offload_activations else None)
         model.train()
         optimizer = torch.optim.AdamW(trainable, lr=1e-5)
         inputs = model_inputs(config, *size, torch.bfloat16)  # CPU autocast leaves conv3d to its inputs
@@ -191,13 +204,18 @@ def simulate_training(config: dict, fp8: bool, size: tuple[int, int, int], *, fa
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 output = model(**inputs)[0]
             output.float().square().mean().backward()
-            optimizer.step()  # creates the AdamW state
-            optimizer.zero_grad(set_to_none=False)  # keeps the gradients' memory, as a next step would need it
+            optimizer.step()
+            # Kept, not freed as the trainer does: an upper bound (the trainer makes them again during backward).
+            optimizer.zero_grad(set_to_none=False)
 
-        total = peak_bytes(step)
+        step()  # the first step makes the gradients and the AdamW state, which then stay: count the second
+        activations = peak_bytes(step)
         weights = module_bytes(model)
         lora = sum(parameter.numel() * parameter.element_size() for parameter in trainable)
-    return Estimate(f"training step, {'fp8' if fp8 else 'bf16'} base", weights, total - 3 * lora, lora, 2 * lora)
+    name = f"training step at {'x'.join(map(str, size))}, {'fp8' if fp8 else 'bf16'} base"
+    if offload_activations:
+        name += ", activations offloaded"
+    return Estimate(name, weights, activations, lora, 2 * lora)
 
 
 def simulate_vae_decode(config: dict, dtype: torch.dtype, tiled: bool, size: tuple[int, int, int], *,
@@ -266,7 +284,8 @@ def main() -> None:
     for fp8 in (False, True):
         inference = simulate_inference(config, fp8, job)
         training = simulate_training(config, fp8, train)
-        for estimate in (inference, training):
+        offloaded = simulate_training(config, fp8, job, offload_activations=True)
+        for estimate in (inference, training, offloaded):
             swapped = with_swap_for_cap(estimate, config, fp8, args.cap_gib)
             estimates += [estimate, swapped] if swapped.blocks_swapped else [estimate]
     vae_config = {key: value for key, value in json.loads(VAE_CONFIG.read_text()).items() if not key.startswith("_")}

@@ -80,3 +80,13 @@ def test_fake_vae_decodes_count_what_real_ones_allocate_and_tiling_lowers_the_pe
         assert real.activations > 5 * 3 * 256 * 768 * 4  # at least the decoded video
         peaks[tiled] = real.activations
     assert peaks[True] < 0.8 * peaks[False]
+
+
+def test_offloaded_activations_leave_the_block_inputs_out_of_the_peak(estimator):
+    config = dict(MEDIUM, num_layers=8)
+    size = (9, 128, 192)  # 576 tokens: a block input is 576 x 512 x 2 bytes in bf16
+    plain = estimator.simulate_training(config, False, size)
+    offloaded = estimator.simulate_training(config, False, size, offload_activations=True)
+    block_input = 576 * 512 * 2
+    assert plain.activations - offloaded.activations >= (config["num_layers"] - 2) * block_input
+    assert (offloaded.weights, offloaded.gradients) == (plain.weights, plain.gradients)

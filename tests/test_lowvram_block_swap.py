@@ -118,7 +118,7 @@ def _lora_model(num_layers=3):
         for parameter in trainable:
             parameter.normal_(0, 0.1, generator=torch.Generator().manual_seed(parameter.numel()))
     model.enable_gradient_checkpointing()
-    return model, trainable
+    return model.train(), trainable
 
 
 def _gradients(model, trainable):

@@ -48,6 +48,8 @@ def test_overrides_replace_keys_and_are_validated():
     ({"memory": {"vae_tile_overlap": 256}}, "\\[memory\\] .*overlap"),
     ({"memory": {"blocks_to_swap": 4}, "train": {"gradient_checkpointing": False}},
      "blocks_to_swap needs \\[train\\] gradient_checkpointing = true"),
+    ({"memory": {"offload_activations": True}, "train": {"gradient_checkpointing": False}},
+     "offload_activations needs \\[train\\] gradient_checkpointing = true"),
 ])
 def test_bad_config_errors_name_problem_and_fix(raw, message):
     with pytest.raises(ConfigError, match=message):

@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from fourdnex_core.loading.fp8 import FP8Linear
 from fourdnex_core.loading.single_file_writers import save_transformer_single_file
+from fourdnex_core.lowvram.activation_offload import offloaded_checkpoint
 from fourdnex_core.lowvram.fp8_weights import quantize_block_linears
 from fourdnex_core.lora import attach_lora, read_lora, set_domain_embeddings
 from fourdnex_core.model_set import apply_4dnex_lora
@@ -399,6 +400,15 @@ def test_block_swap_trains_exactly_like_the_resident_model(tmp_path):
     assert all(not t.requires_grad for t in swap._swapped[0].tensors)
     _same_training(resident, swapped, steps=3)
     assert swapped.train().lora_path.is_file()
+
+
+def test_offloaded_activations_with_block_swap_train_exactly_like_plain_checkpointing(tmp_path):
+    _write_cache(tmp_path / "cache")
+    plain = Trainer(_config(tmp_path, out="a", max_steps=3, gradient_checkpointing=True), _base_model())
+    low = Trainer(_config(tmp_path, out="b", max_steps=3, gradient_checkpointing=True,
+                          memory={"offload_activations": True, "blocks_to_swap": 1}), _base_model())
+    assert low.transformer._gradient_checkpointing_func is offloaded_checkpoint
+    _same_training(plain, low, steps=3)
 
 
 def test_fp8_base_weights_train_like_their_dequantized_values(tmp_path):

@@ -216,18 +216,22 @@ class MemoryConfig:
 
     blocks_to_swap: base blocks kept in CPU memory and brought to the GPU for their forward and
         again for their recomputation in backward (needs gradient checkpointing); -1: from free
-        VRAM minus ``activation_reserve_gb`` (9 GiB: a training step keeps more than inference's 6,
-        7.1 GiB simulated for 25 x 320 x 480 on the 14B). Exact.
+        VRAM minus ``activation_reserve_gb`` (10 GiB: a training step keeps more than inference's 6;
+        9.4 GiB simulated beside the weights for 25 x 320 x 480 on the 14B, 16.3 GiB for 49 x 480 x
+        720 with ``offload_activations``). Exact.
     fp8: "off" or "weights" (frozen Linear weights stored in fp8, upcast one layer at a time;
         ComfyUI's fp8 files stay fp8). fp8 matmuls have no backward pass.
+    offload_activations: keep the checkpointed block inputs in CPU memory until the backward pass
+        (13.4 GiB of GPU memory for the 14B at 49 x 480 x 720; needs gradient checkpointing). Exact.
     attention: an attention backend with a backward pass (not "sage").
     compile: torch.compile the blocks.
     vae_tiling, vae_tile_size, vae_tile_overlap: tiled VAE for ``prepare`` and decoded samples.
     """
 
     blocks_to_swap: int = 0
-    activation_reserve_gb: float = 9.0  # the step's activations, LoRA gradients and AdamW state (see the README)
+    activation_reserve_gb: float = 10.0  # the step's activations, LoRA gradients and AdamW state (see the README)
     fp8: str = "off"
+    offload_activations: bool = False
     attention: str = "sdpa"
     compile: bool = False
     vae_tiling: bool = False
@@ -291,6 +295,9 @@ class TrainConfig:
         if self.memory.blocks_to_swap != 0 and not self.train.gradient_checkpointing:
             raise ConfigError("[memory] blocks_to_swap needs [train] gradient_checkpointing = true: swapped blocks "
                               "are loaded again for their recomputation in the backward pass.")
+        if self.memory.offload_activations and not self.train.gradient_checkpointing:
+            raise ConfigError("[memory] offload_activations needs [train] gradient_checkpointing = true: what it "
+                              "offloads are the inputs the checkpointed blocks are recomputed from.")
 
     def require(self, *keys: str, command: str) -> None:
         """Raise a :class:`ConfigError` listing every dotted key (``"data.root"``) that is unset."""

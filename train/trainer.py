@@ -29,7 +29,7 @@ from fourdnex_core.loading.detect import inspect_transformer
 from fourdnex_core.loading.fp8 import FP8Linear
 from fourdnex_core.loading.transformer_loader import load_transformer
 from fourdnex_core.loading.vae_loader import load_vae
-from fourdnex_core.lowvram import apply_model_options, place_transformer, prepare_vae
+from fourdnex_core.lowvram import apply_model_options, offloaded_checkpoint, place_transformer, prepare_vae
 from fourdnex_core.lowvram.fp8_weights import fp8_layer_count, quantize_block_linears
 from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
@@ -137,7 +137,8 @@ class Trainer:
                               "every weight on the GPU); set it to 0 for multi-GPU training, or train on one GPU.")
         self.block_swap = place_transformer(self.transformer, memory, self.device, keep_trainable=True)
         if loop.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
+            self.transformer.enable_gradient_checkpointing(
+                gradient_checkpointing_func=offloaded_checkpoint if config.memory.offload_activations else None)
         self.transformer.train()
         self.model = self.accelerator.prepare_model(self.transformer) if self._distributed else self.transformer
 

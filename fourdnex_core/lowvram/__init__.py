@@ -4,6 +4,7 @@ Each option is a small module that wraps or re-places a model without changing t
 stages (the sampler sees the transformer only as a callable):
 
 - :mod:`.block_swap`: transformer blocks in pinned CPU memory, prefetched just in time (exact).
+- :mod:`.activation_offload`: training's checkpointed block inputs in CPU memory (exact).
 - :mod:`.offload`: text encoder, CLIP vision and VAE on the GPU only for their stage (exact).
 - :mod:`.embedding_cache`: prompt embeddings re-used across runs (exact).
 - :mod:`.fp8_weights`, :mod:`.fp8_matmul`: fp8 storage, fp8 matmuls (approximate).
@@ -14,6 +15,7 @@ stages (the sampler sees the transformer only as a callable):
 - :mod:`.options`: :class:`LowVramOptions`, applied in the right order; recommended settings.
 """
 
+from .activation_offload import offloaded_checkpoint
 from .attention import available_attention_backends, set_attention_backend
 from .block_swap import BlockSwap, auto_blocks_to_swap, blocks_to_swap_for_budget
 from .compile import compile_blocks, uncompile_blocks
@@ -57,6 +59,7 @@ __all__ = [
     "enable_fp8_matmul",
     "enable_vae_tiling",
     "file_identity",
+    "offloaded_checkpoint",
     "place_transformer",
     "prepare_transformer",
     "prepare_vae",

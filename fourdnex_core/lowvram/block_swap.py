@@ -27,10 +27,11 @@ non-reentrant, diffusers' default). Without it autograd would keep the swapped w
 backward pass, where they are back on the CPU; with it a block keeps nothing of its forward but
 its input, and the backward pass runs the block again, through the same hooks, which load the
 weights again. The recomputed graph holds its own reference to the device copy, so the weights
-going back to the CPU after the recomputation change nothing. The recomputation stops at the last
-op the backward pass needs, before the post-hook, so there a block goes back when the next swapped
-block starts (the last one to run stays until the next forward), and the block to prefetch is the
-previous one.
+going back to the CPU after the recomputation change nothing. In the backward pass a block goes
+back when the next swapped block starts, not in its post-hook: a non-reentrant recomputation stops
+before the post-hook anyway, and a reentrant one (:func:`~fourdnex_core.lowvram.activation_offload.
+offloaded_checkpoint`) runs the block's gradients after it, through the parameters themselves. The
+last block to run stays until the next forward, and the block to prefetch is the previous one.
 """
 
 from __future__ import annotations
@@ -308,9 +309,10 @@ class BlockSwap:
                 self._check_autograd(module, block, args)
                 self._offload_previous(block)
                 self._load(block)
-            # Inference repeats forwards, so the last block prefetches the first; in training a backward pass
-            # or an optimizer step comes next.
-            following = self._next_swapped(index, backward=in_backward_pass(), wrap=not torch.is_grad_enabled())
+            # Inference repeats forwards, so the last block prefetches the first; in training (grad on, or a
+            # model in train mode whose checkpointed blocks run without grad) a backward pass comes next.
+            inference = not torch.is_grad_enabled() and not self.model.training
+            following = self._next_swapped(index, backward=in_backward_pass(), wrap=inference)
             if self._prefetch and following is not None:
                 self._start_prefetch(following)
 
@@ -318,6 +320,8 @@ class BlockSwap:
 
     def _make_post_hook(self, index: int):
         def post_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if in_backward_pass():  # a recomputation: its gradients still need the weights (see the module docs)
+                return
             self._offload(self._swapped[index])
 
         return post_hook

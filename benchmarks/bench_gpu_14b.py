@@ -46,6 +46,7 @@ from fourdnex_core.lowvram import (
     apply_model_options,
     available_attention_backends,
     blocks_to_swap_for_budget,
+    offloaded_checkpoint,
     place_transformer,
 )
 from fourdnex_core.lowvram.block_swap import GIB, module_bytes, transformer_blocks
@@ -80,6 +81,7 @@ class BenchConfig:
     cap_gib: float | None = None
     step_cache: bool = False
     train: bool = False
+    offload_activations: bool = False  # training rows: at the inference job's size, block inputs offloaded
 
 
 def configs() -> dict[str, BenchConfig]:
@@ -104,6 +106,12 @@ def configs() -> dict[str, BenchConfig]:
                     {"fp8": "weights", "blocks_to_swap": "half"}, train=True),
         BenchConfig("train-fp8-swap-24gb", "LoRA training step, fp8 weights, blocks swapped to fit 24 GB",
                     {"fp8": "weights", "blocks_to_swap": "cap"}, CAP_24GB_GIB, train=True),
+        BenchConfig("train-full-offload-half", "LoRA training step at the job's size, fp8 weights, activations "
+                    "offloaded, half the blocks swapped", {"fp8": "weights", "blocks_to_swap": "half"}, train=True,
+                    offload_activations=True),
+        BenchConfig("train-full-offload-24gb", "LoRA training step at the job's size, fp8 weights, activations "
+                    "offloaded, blocks swapped to fit 24 GB", {"fp8": "weights", "blocks_to_swap": "cap"},
+                    CAP_24GB_GIB, train=True, offload_activations=True),
     ]
     return {row.name: row for row in rows}
 
@@ -260,11 +268,13 @@ def build_with_options(config: BenchConfig, args: argparse.Namespace, model_conf
     trainable = None
     if config.train:
         trainable = add_lora(model, rank=64, alpha=32.0, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-        model.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing(offloaded_checkpoint if config.offload_activations else None)
     if options.get("blocks_to_swap") == "half":
         options["blocks_to_swap"] = len(transformer_blocks(model)) // 2
     elif options.get("blocks_to_swap") == "cap":
-        reserve = args.train_reserve_gib if config.train else args.reserve_gib
+        reserve = args.reserve_gib
+        if config.train:
+            reserve = args.offload_reserve_gib if config.offload_activations else args.train_reserve_gib
         options["blocks_to_swap"] = swap_count_for_cap(model, config.cap_gib, reserve)
     options = LowVramOptions(**options)
     apply_model_options(model, options, device)  # fp8 layers exist already: only matmul, attention, compile
@@ -327,12 +337,14 @@ def run_train_config(config: BenchConfig, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
     model_config = model_config_for(args)
+    size = ([args.frames, args.height, args.width] if config.offload_activations
+            else [args.train_frames, args.train_height, args.train_width])
     record = {"config": config.name, "description": config.description, "device": device_name(device),
-              "train_size": [args.train_frames, args.train_height, args.train_width]}
+              "train_size": size}
     model, trainable = build_with_options(config, args, model_config, record)
     model.train()
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    batch = training_batch(model_config, args.train_frames, args.train_height, args.train_width).to(device)
+    batch = training_batch(model_config, *size).to(device)
 
     def step(index: int) -> float:
         synchronize(device)
@@ -432,7 +444,7 @@ def worker_command(name: str, args: argparse.Namespace, output: Path, probe: Pat
             str(args.height), "--width", str(args.width), "--steps", str(args.steps), "--reserve-gib",
             str(args.reserve_gib), "--train-frames", str(args.train_frames), "--train-height",
             str(args.train_height), "--train-width", str(args.train_width), "--train-reserve-gib",
-            str(args.train_reserve_gib)]
+            str(args.train_reserve_gib), "--offload-reserve-gib", str(args.offload_reserve_gib)]
 
 
 def run_worker(name: str, args: argparse.Namespace, reference: torch.Tensor | None) -> tuple[dict, torch.Tensor | None]:
@@ -498,6 +510,8 @@ def main() -> None:
     parser.add_argument("--train-reserve-gib", type=float, default=10.0,
                         help="what capped training rows keep free for activations, the LoRA and its AdamW state")
     parser.add_argument("--reserve-gib", type=float, default=6.0, help="activation reserve for capped block swap")
+    parser.add_argument("--offload-reserve-gib", type=float, default=17.0,
+                        help="the same for the training row at the job's size with offloaded activations")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per configuration")
     parser.add_argument("--json", type=Path, help="append one JSON record per configuration to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/fourdnex-gpu-out}
 mkdir -p "$OUT"
-CONFIGS=${CONFIGS:-bf16,fp8mm,fp8-swap-24gb,bf16-stepcache,fp8,bf16-cudnn,train-fp8-swap-24gb,bf16-swap-24gb}
+CONFIGS=${CONFIGS:-bf16,fp8mm,fp8-swap-24gb,bf16-stepcache,fp8,train-fp8-swap-24gb,train-full-offload-24gb,bf16-cudnn,bf16-swap-24gb}
 PER_CONFIG_S=${PER_CONFIG_S:-150}
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-14b}

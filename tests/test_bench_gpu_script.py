@@ -20,12 +20,14 @@ def test_the_gpu_benchmark_runs_on_the_cpu_and_measures_output_deviation(tmp_pat
     size = ["--frames", "5", "--height", "32", "--width", "48"]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--device", "cpu", "--size", "small", *size, "--steps", "1",
-         "--train-frames", "5", "--train-height", "32", "--train-width", "48",
-         "--configs", "bf16,bf16-swap-half,fp8,bf16-sage,train-fp8-swap-half", "--json", str(records)],
+         "--train-frames", "9", "--train-height", "32", "--train-width", "48",
+         "--configs", "bf16,bf16-swap-half,fp8,bf16-sage,train-fp8-swap-half,train-full-offload-half",
+         "--json", str(records)],
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {row["config"]: row for row in map(json.loads, records.read_text().splitlines())}
-    assert list(rows) == ["bf16", "bf16-swap-half", "fp8", "bf16-sage", "train-fp8-swap-half"]
+    assert list(rows) == ["bf16", "bf16-swap-half", "fp8", "bf16-sage", "train-fp8-swap-half",
+                          "train-full-offload-half"]
     assert "output_rel_l2" not in rows["bf16"] and rows["bf16"]["seconds_per_step"] > 0
     assert rows["bf16-swap-half"]["blocks_swapped"] == 2
     assert rows["bf16-swap-half"]["output_rel_l2"] == 0 and rows["bf16-swap-half"]["output_max_abs"] == 0
@@ -33,8 +35,11 @@ def test_the_gpu_benchmark_runs_on_the_cpu_and_measures_output_deviation(tmp_pat
     assert rows["bf16-sage"]["error"].startswith("skipped: attention 'sage' not available")
     train = rows["train-fp8-swap-half"]
     assert train["blocks_swapped"] == 2 and train["fp8_layers"] > 0 and train["seconds_per_step"] > 0
+    offloaded = rows["train-full-offload-half"]  # at the inference job's size, block inputs offloaded
+    assert offloaded["train_size"] == [5, 32, 48] and offloaded["seconds_per_step"] > 0
     table = done.stdout
-    assert "| bf16-swap-half |" in table and "| 0 / 0 |" in table and "one training step at 5 x 32 x 48" in table
+    assert "| bf16-swap-half |" in table and "| 0 / 0 |" in table
+    assert "one training step at 9 x 32 x 48" in table and "one training step at 5 x 32 x 48" in table
 
 
 @pytest.mark.parametrize("argument", [["--configs", "bf17"]])

@@ -460,7 +460,7 @@ def run_worker(name: str, args: argparse.Namespace, reference: torch.Tensor | No
             record = json.loads(output.read_text())
         else:
             record = {"config": name, "description": configs()[name].description, "error": failure}
-        probe_output = torch.load(probe) if probe.is_file() else None
+        probe_output = torch.load(probe, weights_only=True) if probe.is_file() else None
     if probe_output is not None and reference is not None:
         record.update(deviation(probe_output, reference))
     return record, probe_output

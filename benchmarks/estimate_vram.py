@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import json
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -49,7 +50,7 @@ from diffusers import AutoencoderKLWan
 
 from fourdnex_core.lowvram import activation_offload, blocks_to_swap_for_budget, enable_vae_tiling
 from fourdnex_core.lowvram.activation_offload import offloaded_checkpoint
-from fourdnex_core.lowvram.block_swap import GIB, module_bytes, transformer_blocks
+from fourdnex_core.lowvram.block_swap import GIB, module_bytes, resident_weight_bytes, transformer_blocks
 from fourdnex_core.lowvram.fp8_weights import quantize_block_linears
 from fourdnex_core.representation import latent_frames
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
@@ -85,14 +86,21 @@ def model_inputs(config: dict, frames: int, height: int, width: int, dtype: torc
                 encoder_hidden_states_image=conditioning.image_embeds.to(dtype), return_dict=False)
 
 
-def fake_model(config: dict, fp8: bool) -> FourDNeXTransformer3DModel:
-    """The transformer in bf16 (or with fp8 block Linears) as fake tensors; call inside FakeTensorMode."""
+@contextlib.contextmanager
+def built_in(dtype: torch.dtype) -> Iterator[None]:
+    """Modules made inside get ``dtype`` parameters (fake parameters cannot be converted in place)."""
     default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # built in bf16: fake parameters cannot be converted in place
+    torch.set_default_dtype(dtype)
     try:
-        model = FourDNeXTransformer3DModel(**config).eval().requires_grad_(False)
+        yield
     finally:
         torch.set_default_dtype(default)
+
+
+def fake_model(config: dict, fp8: bool) -> FourDNeXTransformer3DModel:
+    """The transformer in bf16 (or with fp8 block Linears) as fake tensors; call inside FakeTensorMode."""
+    with built_in(torch.bfloat16):
+        model = FourDNeXTransformer3DModel(**config).eval().requires_grad_(False)
     if fp8:
         quantize_block_linears(model)
     return model
@@ -224,12 +232,8 @@ def simulate_vae_decode(config: dict, dtype: torch.dtype, tiled: bool, size: tup
     the default 256-pixel tiles with 64 pixels of overlap."""
     frames, height, width = size
     with FakeTensorMode() if fake else contextlib.nullcontext():
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)  # built in ``dtype``: fake parameters cannot be converted in place
-        try:
+        with built_in(dtype):
             vae = AutoencoderKLWan(**config).eval()
-        finally:
-            torch.set_default_dtype(default)
         if tiled:
             enable_vae_tiling(vae)
         latent = torch.randn(1, 16, latent_frames(frames), height // 8, 2 * width // 8, dtype=dtype)
@@ -248,7 +252,7 @@ def with_swap_for_cap(estimate: Estimate, config: dict, fp8: bool, cap_gib: floa
     other = estimate.weights - sum(block_bytes)  # embeddings, head and the (resident) LoRA
     budget = int(cap_gib * GIB) - (estimate.total - estimate.weights)
     swapped = blocks_to_swap_for_budget(block_bytes, other, budget)
-    resident = other + sum(block_bytes[swapped:]) + sum(sorted(block_bytes[:swapped], reverse=True)[:2])
+    resident = resident_weight_bytes(block_bytes, other, swapped)
     return dataclasses.replace(estimate, name=f"{estimate.name}, {swapped} blocks swapped", weights=resident,
                                blocks_swapped=swapped)
 

@@ -66,13 +66,20 @@ def module_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def resident_weight_bytes(block_bytes: Sequence[int], other_bytes: int, swapped: int, *,
+                          prefetch: bool = True) -> int:
+    """Weight bytes on the device with the first ``swapped`` blocks swapped: ``other_bytes``
+    (everything outside the blocks) + the resident blocks + the swapped blocks in flight (two with
+    prefetch: the running one and the next; one without)."""
+    in_flight = sorted(block_bytes[:swapped], reverse=True)[: 2 if prefetch else 1]
+    return other_bytes + sum(block_bytes[swapped:]) + sum(in_flight)
+
+
 def blocks_to_swap_for_budget(
     block_bytes: Sequence[int], other_bytes: int, budget_bytes: int, *, prefetch: bool = True
 ) -> int:
-    """The fewest leading blocks to swap so that the resident weights fit in ``budget_bytes``.
-
-    Device weights = ``other_bytes`` (everything outside the blocks) + the resident blocks + the
-    swapped blocks in flight (two with prefetch: the running one and the next; one without).
+    """The fewest leading blocks to swap so that the resident weights (:func:`resident_weight_bytes`)
+    fit in ``budget_bytes``.
 
     Args:
         block_bytes: bytes of each block, in execution order (the first ones are swapped).
@@ -81,13 +88,10 @@ def blocks_to_swap_for_budget(
     Raises:
         ValueError: when even swapping every block does not fit.
     """
-    in_flight = 2 if prefetch else 1
     for swapped in range(len(block_bytes) + 1):
-        resident = sum(block_bytes[swapped:])
-        moving = sorted(block_bytes[:swapped], reverse=True)[:in_flight]
-        if other_bytes + resident + sum(moving) <= budget_bytes:
+        if resident_weight_bytes(block_bytes, other_bytes, swapped, prefetch=prefetch) <= budget_bytes:
             return swapped
-    need = other_bytes + sum(sorted(block_bytes, reverse=True)[:in_flight])
+    need = resident_weight_bytes(block_bytes, other_bytes, len(block_bytes), prefetch=prefetch)
     raise ValueError(
         f"Even with every block swapped the transformer needs {need / GIB:.1f} GiB on the device, more than the "
         f"{budget_bytes / GIB:.1f} GiB available; use fp8 weights, a smaller activation reserve, or free GPU memory."

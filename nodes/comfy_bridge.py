@@ -19,7 +19,7 @@ import torch
 
 from fourdnex_core.comfy_types import FourDNeXModel
 from fourdnex_core.lowvram import LowVramOptions, transformer_on_device
-from fourdnex_core.lowvram.block_swap import transformer_blocks
+from fourdnex_core.lowvram.block_swap import module_bytes, transformer_blocks
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 
@@ -145,10 +145,6 @@ def precision(name: str, device: torch.device | None = None) -> torch.dtype:
         device = device or torch_device()
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def module_bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 @contextlib.contextmanager

@@ -29,8 +29,13 @@ from fourdnex_core.loading.detect import inspect_transformer
 from fourdnex_core.loading.fp8 import FP8Linear
 from fourdnex_core.loading.transformer_loader import load_transformer
 from fourdnex_core.loading.vae_loader import load_vae
-from fourdnex_core.lowvram import apply_model_options, offloaded_checkpoint, place_transformer, prepare_vae
-from fourdnex_core.lowvram.fp8_weights import fp8_layer_count, quantize_block_linears
+from fourdnex_core.lowvram import (
+    apply_fp8_weights,
+    apply_model_options,
+    offloaded_checkpoint,
+    place_transformer,
+    prepare_vae,
+)
 from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 from train.cache import list_cache
@@ -124,8 +129,7 @@ class Trainer:
 
         self.transformer = transformer if transformer is not None else load_base_transformer(config, self.device)
         memory = config.memory.low_vram_options()
-        if memory.fp8 == "weights" and fp8_layer_count(self.transformer) == 0:
-            quantize_block_linears(self.transformer)  # before the LoRA: it replaces the Linear layers
+        apply_fp8_weights(self.transformer, memory)  # before the LoRA: it replaces the Linear layers
         check_weight_precision(self.transformer, self.autocast)
         lora = config.lora
         self.trainable = add_lora(self.transformer, rank=lora.rank, alpha=lora.alpha,

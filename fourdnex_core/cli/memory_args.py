@@ -62,7 +62,8 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
                        help="encode/decode in overlapping 256-pixel tiles")
     group.add_argument("--offload", choices=[policy.value for policy in OffloadPolicy],
                        help="text encoder, CLIP vision and VAE after their stage: keep on the GPU, move to "
-                            "CPU memory, or free (loaded again when needed)")
+                            "CPU memory, or free (loaded again when needed); with cpu or free the transformer "
+                            "is on the GPU for the sampling only")
     group.add_argument("--embedding-cache", type=Path, metavar="DIR",
                        help="keep prompt embeddings in DIR: a prompt seen before never loads the text encoder")
 

@@ -108,14 +108,20 @@ class PreparedTransformer:
     block_swap: BlockSwap | None = None
 
 
+def apply_fp8_weights(model: nn.Module, options: LowVramOptions) -> None:
+    """Step 1: quantize the block Linears to fp8 when ``options.fp8`` asks for it and the model has no
+    fp8 layers yet (a checkpoint loaded in fp8 is kept as it is)."""
+    if options.fp8 != "off" and fp8_layer_count(model) == 0:
+        quantize_block_linears(model)
+
+
 def apply_model_options(model: nn.Module, options: LowVramOptions, device: torch.device | str) -> None:
     """Steps 1-3 and 5 of the module docstring, in place, wherever ``model`` is now: fp8 weights,
     fp8 matmul, the attention backend and torch.compile (of the blocks' ``forward`` only, so block
     swap's hooks still run eagerly around it). ``device`` is where the model will compute (checked
     for fp8 matmul and compile support). Applying the same options twice changes nothing more."""
     transformer_blocks(model)
-    if options.fp8 != "off" and fp8_layer_count(model) == 0:
-        quantize_block_linears(model)
+    apply_fp8_weights(model, options)
     if options.fp8 == "matmul":
         enable_fp8_matmul(model, device)
     if options.attention != "sdpa":

@@ -28,6 +28,12 @@ def decode_wide_latent(vae: AutoencoderKLWan, wide_latent: torch.Tensor, *, prog
     if wide_latent.ndim != 5 or wide_latent.shape[0] != 1:
         raise ValueError(f"Expected one wide latent [1, 16, f, h, 2w], got {tuple(wide_latent.shape)}.")
     video = decode_latent(vae, denormalize_xyz_latent(wide_latent.float()), progress=progress)  # [1, 3, F, H, 2W]
-    pixels = ((video[0] + 1.0) / 2.0).clamp(0.0, 1.0).permute(1, 2, 3, 0)  # [F, H, 2W, 3]
-    rgb, xyz_pixels = split_width(pixels, width_dim=2)
+    return split_decoded_frames(((video[0] + 1.0) / 2.0).permute(1, 2, 3, 0))
+
+
+def split_decoded_frames(frames: torch.Tensor) -> DecodedVideo:
+    """Decoded wide frames [F, H, 2W, 3] in [0, 1] (clamped here) -> RGB frames and XYZ point maps."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"Decoded frames must be [F, H, 2W, 3], got {tuple(frames.shape)}.")
+    rgb, xyz_pixels = split_width(frames.float().clamp(0.0, 1.0), width_dim=2)
     return DecodedVideo(rgb=rgb.contiguous(), xyz=pixels_to_xyz(xyz_pixels).contiguous())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -19,7 +20,17 @@ from .loading.locate import locate
 from .loading.text_encoder_loader import load_text_encoder
 from .loading.transformer_loader import load_transformer
 from .loading.vae_loader import load_vae
-from .lora import attach_lora, eight_bit_targets, fuse_lora, load_domain_embeddings, read_lora, set_domain_embeddings
+from .lora import (
+    LoraLayer,
+    attach_lora,
+    eight_bit_targets,
+    fuse_lora,
+    linear_module_names,
+    load_domain_embeddings,
+    parse_lora_state_dict,
+    set_domain_embeddings,
+)
+from .lora.formats import read_safetensors
 from .lowvram import (
     ComponentOffload,
     EmbeddingCache,
@@ -92,6 +103,30 @@ def resolve_lora(path: Path, domain_embeddings: Path | None) -> tuple[Path, Path
     return path, domain_embeddings
 
 
+def read_4dnex_lora(
+    lora: Path,
+    domain_embeddings: Path | None = None,
+    linear_names: Collection[str] | None = None,
+) -> tuple[list[LoraLayer], torch.Tensor | None]:
+    """The 4DNeX LoRA's layers and its domain embeddings [2, D] (None, with a warning, when there are none).
+
+    ``lora`` is a LoRA file of any format or the released folder (see :func:`resolve_lora`);
+    ``linear_names`` are the target's Linear module paths in diffusers names (see
+    :func:`~fourdnex_core.lora.read_lora`), which resolve kohya names and check every layer.
+    """
+    lora_path, embeddings_path = resolve_lora(lora, domain_embeddings)
+    state_dict, metadata = read_safetensors(lora_path)
+    lora_file = parse_lora_state_dict(state_dict, metadata, linear_names=linear_names)
+    embeddings = load_domain_embeddings(embeddings_path) if embeddings_path else lora_file.domain_embeddings
+    if embeddings is None:
+        logger.warning(
+            "%s carries no domain embeddings and no %s was found beside it: the RGB and XYZ halves stay "
+            "unmarked and the XYZ output will be poor. Pass the released learnable_domain_embeddings.pt.",
+            lora_path, RELEASED_DOMAIN_EMBEDDINGS_FILE,
+        )
+    return list(lora_file.layers), embeddings
+
+
 def apply_4dnex_lora(
     transformer: FourDNeXTransformer3DModel,
     lora: Path,
@@ -108,18 +143,9 @@ def apply_4dnex_lora(
     attached unfused to those whatever ``fuse`` says. Returns the fused/attached handle
     (``.remove()`` undoes the LoRA).
     """
-    lora_path, embeddings_path = resolve_lora(lora, domain_embeddings)
-    lora_file = read_lora(lora_path, transformer)
-    embeddings = load_domain_embeddings(embeddings_path) if embeddings_path else lora_file.domain_embeddings
-    if embeddings is None:
-        logger.warning(
-            "%s carries no domain embeddings and no %s was found beside it: the RGB and XYZ halves stay "
-            "unmarked and the XYZ output will be poor. Pass the released learnable_domain_embeddings.pt.",
-            lora_path, RELEASED_DOMAIN_EMBEDDINGS_FILE,
-        )
-    else:
+    layers, embeddings = read_4dnex_lora(lora, domain_embeddings, linear_module_names(transformer))
+    if embeddings is not None:
         set_domain_embeddings(transformer, embeddings)
-    layers = list(lora_file.layers)
     eight_bit = eight_bit_targets(transformer, layers) if fuse else []
     if eight_bit:
         logger.info("%d LoRA target weights are fp8: attaching the LoRA unfused (fusing would round it away).",

@@ -10,7 +10,10 @@ transform of that representation, in pixel space and in latent space:
   keeping centre and scale so known units can be restored;
 * :func:`normalize_xyz_latent` / :func:`denormalize_xyz_latent`: the fixed XYZ latent statistics
   (mu -0.13, sigma 1.70), applied to the XYZ half only;
-* :func:`condition_video` and :func:`condition_mask`: the image-to-video condition.
+* :func:`condition_video` and :func:`condition_mask`: the image-to-video condition;
+  :func:`condition_frames`, :func:`generation_mask` and :func:`denormalize_xyz_raw_latent`: the
+  same in the conventions of ComfyUI's native Wan model (IMAGE frames in [0, 1], a mask where
+  1 = generate, latents before Wan's per-channel normalization).
 
 Conventions: pixel-space videos here are [F, H, W, C] (ComfyUI IMAGE layout) or [B, C, F, H, W]
 (diffusers video layout); latents are [B, C, F, H, W]. The width axis is always an argument.
@@ -241,3 +244,44 @@ def condition_mask(
     per_frame[:TEMPORAL_COMPRESSION, :, latent_width // 2:] = xyz_first_frame
     folded = per_frame.view(frames, TEMPORAL_COMPRESSION, latent_height, latent_width)
     return folded.transpose(0, 1).unsqueeze(0)
+
+
+def condition_frames(image: torch.Tensor, xyz_init: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """:func:`condition_video` as frames for an image VAE interface: [F, H, 2W, 3] in [0, 1].
+
+    Args:
+        image: [H, W, 3] RGB in [0, 1]; xyz_init: [H, W, 3] in scene units [-1, 1].
+    Returns:
+        The fused first frame (image | (xyz + 1) / 2) followed by ``num_frames - 1`` frames of 0.5
+        (the zero frames of the [-1, 1] video).
+    """
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"The condition image must be [H, W, 3], got {tuple(image.shape)}.")
+    if xyz_init.shape != image.shape:
+        raise ValueError(f"The XYZ init {tuple(xyz_init.shape)} must match the image {tuple(image.shape)}; "
+                         "make it at the same width and height.")
+    video = condition_video(image.permute(2, 0, 1) * 2.0 - 1.0, xyz_init.permute(2, 0, 1), num_frames)
+    return (video[0].permute(1, 2, 3, 0) + 1.0) / 2.0
+
+
+def generation_mask(num_frames: int, latent_height: int, latent_width: int, **kwargs) -> torch.Tensor:
+    """``1 - condition_mask(...)``: [1, 4, F_latent, h, w] with 1 = generate (0.5 on the XYZ first frame).
+
+    The convention of ComfyUI's ``concat_mask``, which its Wan I2V model flips back with ``1 - mask``.
+    """
+    return 1.0 - condition_mask(num_frames, latent_height, latent_width, **kwargs)
+
+
+def denormalize_xyz_raw_latent(raw: torch.Tensor, latents_mean: torch.Tensor, latents_std: torch.Tensor) -> torch.Tensor:
+    """:func:`denormalize_xyz_latent` for a latent in the VAE's own (un-normalized) space.
+
+    The 4DNeX statistics apply after Wan's per-channel normalization, so the wide latent
+    [B, 16, F, H, 2W] is normalized ((z - mean) / std), de-normalized on its XYZ half, and brought
+    back (z_hat * std + mean). ``latents_mean`` / ``latents_std``: [16] (Wan's, see
+    :func:`fourdnex_core.vae_io.wan_latent_stats`).
+    """
+    shape = (1, -1, 1, 1, 1)
+    mean = latents_mean.to(raw.device, torch.float32).view(shape)
+    std = latents_std.to(raw.device, torch.float32).view(shape)
+    normalized = (raw.float() - mean) / std
+    return denormalize_xyz_latent(normalized) * std + mean

@@ -12,6 +12,10 @@ changes make the two halves one pixel-aligned pair instead of one wide picture:
 
 Everything else is diffusers' ``WanTransformer3DModel``, unchanged: with
 ``shared_rope=False`` and zero domain embeddings the output equals stock diffusers exactly.
+
+The two changes are written once, as the pure functions :func:`share_positions` and
+:func:`add_domain_embeddings`; this module's diffusers subclass and the patch of ComfyUI's native
+Wan model (``nodes/native_model.py``) both call them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,44 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from torch import nn
 
 NUM_DOMAINS = 2  # 0: RGB half, 1: XYZ half
+
+
+def share_positions(table: torch.Tensor, frames: int, rows: int, half_cols: int) -> torch.Tensor:
+    """Per-token positions of one half -> of the width-fused video, both halves sharing them.
+
+    Args:
+        table: [B, F * H * W', *rest], one entry per token of ONE half in (frame, row, column)
+            order (a rotary table: diffusers' [1, L, 1, head_dim], ComfyUI's [1, L, 1, d/2, 2, 2]).
+        frames, rows, half_cols: the token grid F x H x W' of that half.
+    Returns:
+        [B, F * H * 2W', *rest] in the token order of the wide video: each row holds its W'
+        entries twice, so the XYZ token at (f, h, w) gets the entry of the RGB token at (f, h, w).
+    """
+    tokens = frames * rows * half_cols
+    if table.shape[1] != tokens:
+        raise ValueError(f"The position table has {table.shape[1]} tokens, the grid {frames} x {rows} x {half_cols} "
+                         f"has {tokens}.")
+    grid = table.reshape(table.shape[0], frames, rows, half_cols, *table.shape[2:])
+    return torch.cat([grid, grid], dim=3).reshape(table.shape[0], 2 * tokens, *table.shape[2:])
+
+
+def add_domain_embeddings(patches: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Add the RGB embedding to the left half of the patch columns and the XYZ one to the right.
+
+    Args:
+        patches: [B, D, F, H, 2W'] output of the patch embedding (before flattening to tokens).
+        embeddings: [2, D]; row 0 RGB, row 1 XYZ.
+    Returns:
+        [B, D, F, H, 2W'] in ``patches``' dtype.
+    """
+    columns = patches.shape[-1]
+    if columns % 2:
+        raise ValueError(f"A width-fused latent has an even number of patch columns, got {columns}.")
+    if embeddings.shape != (NUM_DOMAINS, patches.shape[1]):
+        raise ValueError(f"Domain embeddings {tuple(embeddings.shape)} do not fit a model of width {patches.shape[1]}; "
+                         f"they must be [{NUM_DOMAINS}, {patches.shape[1]}].")
+    per_column = embeddings.to(patches).T.repeat_interleave(columns // 2, dim=1)  # [D, 2W']
+    return patches + per_column[None, :, None, None, :]
 
 
 class SharedRotaryPosEmbed(WanRotaryPosEmbed):
@@ -49,13 +91,7 @@ class SharedRotaryPosEmbed(WanRotaryPosEmbed):
             half.shape[3] // self.patch_size[1],
             half.shape[4] // patch_width,
         )
-        return tuple(self._tile_halves(freqs, frames, rows, half_cols) for freqs in super().forward(half))
-
-    @staticmethod
-    def _tile_halves(freqs: torch.Tensor, frames: int, rows: int, half_cols: int) -> torch.Tensor:
-        """[1, F*H*W, 1, D] for one half -> [1, F*H*2W, 1, D] with both halves equal per row."""
-        grid = freqs.reshape(frames, rows, half_cols, -1)
-        return torch.cat([grid, grid], dim=2).reshape(1, frames * rows * 2 * half_cols, 1, -1)
+        return tuple(share_positions(freqs, frames, rows, half_cols) for freqs in super().forward(half))
 
 
 def _with_base_signature(init):
@@ -99,17 +135,8 @@ class FourDNeXTransformer3DModel(WanTransformer3DModel):
         self.patch_embedding.register_forward_hook(self._add_domain_embeddings)
 
     def _add_domain_embeddings(self, module: nn.Module, inputs: tuple, patches: torch.Tensor) -> torch.Tensor:
-        """Forward hook on ``patch_embedding``: patches [B, D, F, H, 2W] -> same, plus the embeddings.
-
-        Row 0 of ``domain_embeddings`` is added to the left (RGB) half of the columns, row 1 to
-        the right (XYZ) half.
-        """
-        columns = patches.shape[-1]
-        if columns % 2:
-            raise ValueError(f"A width-fused latent has an even number of patch columns, got {columns}.")
-        half = columns // 2
-        per_column = self.domain_embeddings.to(patches.dtype).T.repeat_interleave(half, dim=1)  # [D, 2W]
-        return patches + per_column[None, :, None, None, :]
+        """Forward hook on ``patch_embedding``: patches [B, D, F, H, 2W] -> :func:`add_domain_embeddings`."""
+        return add_domain_embeddings(patches, self.domain_embeddings)
 
     @property
     def inner_dim(self) -> int:

@@ -7,7 +7,10 @@ the 16 statistics stored in the VAE config.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan
@@ -15,6 +18,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .representation import TEMPORAL_COMPRESSION
+
+
+WAN21_VAE_CONFIG = Path(__file__).parent / "configs" / "wan2.1_vae.json"
+
+
+@functools.cache
+def _wan21_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    config = json.loads(WAN21_VAE_CONFIG.read_text(encoding="utf-8"))
+    return tuple(config["latents_mean"]), tuple(config["latents_std"])
+
+
+def wan_latent_stats() -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan2.1 VAE's per-channel latent mean and std, each [16] float32 (from its released config)."""
+    mean, std = _wan21_stats()
+    return torch.tensor(mean), torch.tensor(std)
 
 
 def _latent_stats(vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

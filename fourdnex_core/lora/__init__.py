@@ -14,7 +14,12 @@ Typical use::
 """
 
 from fourdnex_core.lora.apply import AttachedLora, FusedLora, attach_lora, bind_lora, eight_bit_targets, fuse_lora
-from fourdnex_core.lora.convert import convert_release_lora, to_fourdnex_state_dict, write_fourdnex_lora
+from fourdnex_core.lora.convert import (
+    convert_release_lora,
+    to_comfyui_state_dict,
+    to_fourdnex_state_dict,
+    write_fourdnex_lora,
+)
 from fourdnex_core.lora.domain_embeddings import check_domain_embeddings, load_domain_embeddings, set_domain_embeddings
 from fourdnex_core.lora.formats import (
     RELEASE_ALPHA_OVER_RANK,
@@ -44,6 +49,7 @@ __all__ = [
     "parse_lora_state_dict",
     "read_lora",
     "set_domain_embeddings",
+    "to_comfyui_state_dict",
     "to_fourdnex_state_dict",
     "write_fourdnex_lora",
 ]

@@ -16,6 +16,10 @@ key                                       shape           meaning
 Metadata: ``{"format": "fourdnex-lora", "rank": "64", "alpha": "32"}`` (``"mixed"`` when modules
 differ; informative only, the per-module ``.alpha`` is authoritative). Read it back with
 :func:`fourdnex_core.lora.formats.read_lora`.
+
+:func:`to_comfyui_state_dict` writes the same layers the way ComfyUI's own LoRA loader reads a
+Wan LoRA (``diffusion_model.blocks.0.self_attn.q.lora_down.weight`` / ``.lora_up.weight`` /
+``.alpha``, original Wan module names): ComfyUI 0.3.64 maps none of the release's diffusers names.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from os import PathLike
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
+from fourdnex_core.loading.safetensors_io import save_tensors
+from fourdnex_core.loading.wan_keys import diffusers_to_original
 from fourdnex_core.lora.domain_embeddings import check_domain_embeddings, load_domain_embeddings
 from fourdnex_core.lora.formats import (
     DOMAIN_EMBEDDINGS_KEY,
@@ -42,6 +47,7 @@ from fourdnex_core.lora.formats import (
 logger = logging.getLogger(__name__)
 
 _PREFIX = "transformer."
+_COMFYUI_PREFIX = "diffusion_model."
 _SELF_ATTENTION_QUERY = re.compile(r"^blocks\.\d+\.attn1\.to_q$")
 
 
@@ -70,6 +76,29 @@ def to_fourdnex_state_dict(
     return state_dict, metadata
 
 
+def to_comfyui_state_dict(layers: Sequence[LoraLayer]) -> dict[str, torch.Tensor]:
+    """The LoRA in the layout ComfyUI's LoRA loader reads for Wan; pure, reads back with ``parse_lora_state_dict``.
+
+    Keys per layer (original Wan module ``<m>``, e.g. ``blocks.0.self_attn.q``):
+    ``diffusion_model.<m>.lora_down.weight`` [r, in], ``.lora_up.weight`` [out, r] and
+    ``.alpha`` [] float32, so that ComfyUI's update at strength s is
+    ``s * alpha / r * up @ down``, the same meaning of strength as ours.
+    """
+    if not layers:
+        raise ValueError("No LoRA layers to convert. Read a LoRA file first (read_lora(...).layers).")
+    state_dict: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        original = diffusers_to_original(layer.module)
+        if original is None:
+            raise ValueError(f"LoRA module {layer.module!r} has no name in the original Wan layout, so ComfyUI's "
+                             "model cannot take it. Only LoRAs on the Wan transformer's Linear layers convert.")
+        base = f"{_COMFYUI_PREFIX}{original}"
+        state_dict[f"{base}.lora_down.weight"] = layer.down.contiguous()
+        state_dict[f"{base}.lora_up.weight"] = layer.up.contiguous()
+        state_dict[f"{base}.alpha"] = torch.tensor(layer.alpha, dtype=torch.float32)
+    return state_dict
+
+
 def _summary(values) -> str:
     distinct = set(values)
     return f"{distinct.pop():g}" if len(distinct) == 1 else "mixed"
@@ -93,7 +122,7 @@ def write_fourdnex_lora(
     if path.suffix != ".safetensors":
         raise ValueError(f"{path.name}: the output must be a .safetensors file. Name it e.g. 4dnex_lora.safetensors.")
     state_dict, metadata = to_fourdnex_state_dict(layers, domain_embeddings)
-    save_file(state_dict, str(path), metadata=metadata)
+    save_tensors(path, state_dict, metadata)
     logger.info("Wrote %d LoRA layers (rank %s, alpha %s) to %s.",
                 len(layers), metadata["rank"], metadata["alpha"], path)
     return path

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .schedulers import DEFAULT_FLOW_SHIFT, make_scheduler
+from .schedulers import DEFAULT_FLOW_SHIFT, SAMPLERS, SCHEDULES, scheduler_for
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """Called after every step with (step index starting at 0, total steps, latents [1, 16, f, h, 2w])."""
@@ -25,19 +25,38 @@ class SamplingCancelled(RuntimeError):
 
 @dataclasses.dataclass
 class SamplingSettings:
-    """The sampler's knobs, named as in diffusers' Wan pipelines. Defaults are the release's."""
+    """The sampler's knobs, named as in diffusers' Wan pipelines. Defaults are the release's call
+    (tests/test_release_defaults.py holds them to it).
+
+    guidance_scale: CFG runs when it is above 1 (as in diffusers' Wan pipelines); 1 or below
+        samples with the prompt only. schedule: "release" (diffusers 0.34's flow sigmas, what the
+        release ran) or "diffusers" (those of diffusers >= 0.37); see :mod:`.schedulers`.
+    """
 
     num_inference_steps: int = 50
     guidance_scale: float = 5.0
     flow_shift: float = DEFAULT_FLOW_SHIFT
     sampler: str = "unipc"
     seed: int = 42
+    schedule: str = "release"
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {self.num_inference_steps}.")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0 (1.0 disables CFG), got {self.guidance_scale}.")
+        if self.flow_shift <= 0:
+            raise ValueError(f"flow_shift must be positive, got {self.flow_shift}; Wan2.1 480p uses 3.0, 720p 5.0.")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)} "
+                             "(\"release\" is what the 4DNeX release ran).")
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Whether a step runs the negative pass too (guidance above 1)."""
+        return self.guidance_scale > 1.0
 
 
 @dataclasses.dataclass
@@ -46,7 +65,8 @@ class Conditioning:
 
     condition: [1, 20, f, h, 2w] mask (4 channels) + VAE-encoded condition video (16 channels).
     prompt_embeds / negative_prompt_embeds: [1, 512, text_dim] UMT5 states (exactly 512 tokens:
-        Wan's image-to-video attention splits the context at 512 text tokens).
+        Wan's image-to-video attention splits the context at 512 text tokens). The release's
+        negative is the empty prompt "" encoded (not None); None only for guidance <= 1.
     image_embeds: [1, 257, image_dim] CLIP vision penultimate states.
     """
 
@@ -92,7 +112,7 @@ def sample(
         transformer: a module with ``WanTransformer3DModel``'s forward (usually a
             :class:`~fourdnex_core.transformer.FourDNeXTransformer3DModel`).
         conditioning: condition latent and embeddings.
-        settings: steps, guidance, shift, sampler, seed.
+        settings: steps, guidance, shift, sampler, schedule, seed.
         dtype: the transformer's compute dtype (fp32 on CPU, bf16 on CUDA).
         device: where the latents live during the loop.
         latents: optional starting noise [1, 16, f, h, 2w]; drawn from ``settings.seed`` if None.
@@ -111,11 +131,15 @@ def sample(
 
     prompt_embeds = conditioning.prompt_embeds.to(device=device, dtype=dtype)
     image_embeds = conditioning.image_embeds.to(device=device, dtype=dtype)
-    use_cfg = settings.guidance_scale != 1.0 and conditioning.negative_prompt_embeds is not None
+    use_cfg = settings.uses_cfg
+    if use_cfg and conditioning.negative_prompt_embeds is None:
+        raise ValueError(f"Guidance {settings.guidance_scale} needs negative prompt embeddings: encode the empty "
+                         "prompt \"\" (the release's negative) or another negative, or set guidance to 1 to "
+                         "sample without classifier-free guidance.")
     negative_embeds = conditioning.negative_prompt_embeds.to(device=device, dtype=dtype) if use_cfg else None
 
-    scheduler = make_scheduler(settings.sampler, settings.flow_shift)
-    scheduler.set_timesteps(settings.num_inference_steps, device=device)
+    scheduler = scheduler_for(settings.sampler, settings.num_inference_steps, settings.flow_shift,
+                              settings.schedule, device=device)
     timesteps = scheduler.timesteps
 
     def velocity(model_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from fourdnex_core.conditioning import encode_condition
 from fourdnex_core.decode import decode_wide_latent
 from fourdnex_core.representation import XYZ_LATENT_MEAN, xyz_init_map
 from fourdnex_core.sampler import Conditioning, SamplingCancelled, SamplingSettings, initial_noise, sample
-from fourdnex_core.schedulers import make_scheduler
+from fourdnex_core.schedulers import flow_sigmas, flow_timesteps, make_scheduler
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 from fourdnex_core.vae_io import decode_latent
 from tiny_configs import TINY_TRANSFORMER, TINY_VAE
@@ -40,12 +40,49 @@ def _conditioning(negative=True, text_dim=32, image_dim=24):
 
 
 def test_euler_integrates_the_flow_from_noise_to_data():
-    # x_0 = x_1 + (0 - 1) * v for a constant velocity v: the sigmas run from 1 to 0.
+    # x_0 = x_s + (0 - s) * v for a constant velocity v: the sigmas run from the first one, s, to 0.
     model = ConstantVelocity(cond=0.25, uncond=0.25)
-    out = sample(model, _conditioning(negative=False), SamplingSettings(num_inference_steps=6, sampler="euler", seed=3),
-                 progress=False)
-    torch.testing.assert_close(out, initial_noise(LATENT, 3) - 0.25, atol=1e-5, rtol=0)
+    out = sample(model, _conditioning(negative=False),
+                 SamplingSettings(num_inference_steps=6, guidance_scale=1.0, sampler="euler", seed=3), progress=False)
+    torch.testing.assert_close(out, initial_noise(LATENT, 3) - flow_sigmas(6)[0] * 0.25, atol=1e-6, rtol=0)
     assert model.calls == 6
+
+
+class RecordingVelocity(ConstantVelocity):
+    def __init__(self):
+        super().__init__(0.0, 0.0)
+        self.timesteps = []
+
+    def forward(self, hidden_states, timestep, **kwargs):
+        self.timesteps.append(timestep)
+        return super().forward(hidden_states, timestep, **kwargs)
+
+
+@pytest.mark.parametrize("sampler", ["unipc", "euler"])
+@pytest.mark.parametrize("schedule", ["release", "diffusers"])
+def test_the_model_sees_the_schedules_timesteps(sampler, schedule):
+    # UniPC feeds int64 truncations of sigma * 1000 (the release: 999, 856, 599), Euler float sigma * 1000.
+    model = RecordingVelocity()
+    sample(model, _conditioning(), SamplingSettings(num_inference_steps=3, sampler=sampler, schedule=schedule),
+           progress=False)
+    seen = torch.stack(model.timesteps[::2])[:, 0]  # the positive pass of each step
+    assert seen.dtype == (torch.int64 if sampler == "unipc" else torch.float32)
+    assert torch.equal(seen, flow_timesteps(3, 3.0, schedule, sampler))
+    if sampler == "unipc":
+        assert seen.tolist() == ([999, 856, 599] if schedule == "release" else [999, 857, 600])
+
+
+def test_guidance_without_a_negative_is_an_error_not_a_silent_skip():
+    with pytest.raises(ValueError, match="needs negative prompt embeddings.*empty prompt"):
+        sample(ConstantVelocity(0.5, 0.1), _conditioning(negative=False), SamplingSettings(num_inference_steps=2),
+               progress=False)
+
+
+def test_settings_refuse_unknown_names():
+    with pytest.raises(ValueError, match="release, diffusers"):
+        SamplingSettings(schedule="karras")
+    with pytest.raises(ValueError, match="unipc, euler"):
+        SamplingSettings(sampler="ddim")
 
 
 def test_classifier_free_guidance_combines_both_predictions():
@@ -53,14 +90,17 @@ def test_classifier_free_guidance_combines_both_predictions():
     out = sample(model, _conditioning(), SamplingSettings(num_inference_steps=4, guidance_scale=3.0, sampler="euler",
                                                           seed=1), progress=False)
     guided = 0.1 + 3.0 * (0.5 - 0.1)
-    torch.testing.assert_close(out, initial_noise(LATENT, 1) - guided, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, initial_noise(LATENT, 1) - flow_sigmas(4)[0] * guided, atol=1e-6, rtol=0)
     assert model.calls == 8  # two passes per step
 
 
-def test_guidance_one_skips_the_negative_pass():
-    model = ConstantVelocity(cond=0.5, uncond=0.1)
-    sample(model, _conditioning(), SamplingSettings(num_inference_steps=3, guidance_scale=1.0), progress=False)
-    assert model.calls == 3
+def test_guidance_one_or_below_skips_the_negative_pass():
+    # As diffusers' Wan pipelines: CFG only above 1.
+    for guidance in (1.0, 0.5):
+        model = ConstantVelocity(cond=0.5, uncond=0.1)
+        sample(model, _conditioning(), SamplingSettings(num_inference_steps=3, guidance_scale=guidance),
+               progress=False)
+        assert model.calls == 3
 
 
 def test_hooks_report_progress_and_cancel():

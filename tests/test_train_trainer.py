@@ -107,7 +107,8 @@ def test_training_target_is_the_velocity_the_sampler_integrates():
     # Euler on the sampler's schedule with that velocity lands on x0: the conventions agree.
     conditioning = Conditioning(condition=batch.condition, prompt_embeds=batch.prompt_embeds,
                                 image_embeds=batch.image_embeds)
-    result = sample(oracle, conditioning, SamplingSettings(num_inference_steps=8, sampler="euler"), progress=False)
+    result = sample(oracle, conditioning, SamplingSettings(num_inference_steps=8, guidance_scale=1.0, sampler="euler"),
+                    progress=False)
     torch.testing.assert_close(result, clean, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(noisy_latent(clean, torch.ones_like(clean), torch.tensor([1.0])), torch.ones_like(clean))
 

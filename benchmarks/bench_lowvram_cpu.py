@@ -97,7 +97,7 @@ def transformer_rows(steps: int) -> list[tuple[str, str, torch.Tensor]]:
 
 def example_video(frames: int, height: int, width: int) -> torch.Tensor:
     """The example picture, fitted to height x width, as a still video [1, 3, frames, H, W] in [-1, 1]."""
-    picture = fit_image(image_to_tensor(load_image(EXAMPLE_IMAGE)), height, width)  # [3, H, W] in [0, 1]
+    picture = fit_image(image_to_tensor(load_image(EXAMPLE_IMAGE)), height, width, mode="crop")  # [3, H, W] in [0, 1]
     return (picture * 2 - 1)[None, :, None].expand(1, 3, frames, height, width).contiguous()
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+from .representation import SIDE_MULTIPLE
+
+RESIZE_MODES = ("area", "crop", "stretch")
+"""How the input meets the requested size: "area" (the release's: aspect kept, plain resize), "crop", "stretch"."""
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -38,11 +44,60 @@ def image_to_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Ten
     return image[..., :3].permute(2, 0, 1).float().clamp(0.0, 1.0)
 
 
-def fit_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resize [3, H, W] to cover height x width (keeping aspect), then centre-crop: -> [3, height, width]."""
-    _, source_h, source_w = image.shape
-    scale = max(height / source_h, width / source_w)
-    resized_h, resized_w = max(height, round(source_h * scale)), max(width, round(source_w * scale))
-    resized = F.interpolate(image[None], size=(resized_h, resized_w), mode="bicubic", antialias=True, align_corners=False)[0]
-    top, left = (resized_h - height) // 2, (resized_w - width) // 2
-    return resized[:, top:top + height, left:left + width].clamp(0.0, 1.0)
+def generation_size(source_height: int, source_width: int, height: int, width: int,
+                    mode: str = "area") -> tuple[int, int]:
+    """The (height, width) an image of ``source_height`` x ``source_width`` is resized to.
+
+    ``mode`` (:data:`RESIZE_MODES`):
+
+    - "area" (the release's sizing): the source's aspect ratio at the area ``height * width``,
+      each side ``round(sqrt(area * ratio))`` floored to a multiple of 16 (480 x 720 gives 576 x 576
+      for a square image, 432 x 784 for 16:9);
+    - "crop": exactly ``height`` x ``width``, covering it and cutting the overhang centred;
+    - "stretch": exactly ``height`` x ``width``, the aspect ratio not kept.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"Unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)} "
+                         "(\"area\" is the release's sizing).")
+    if mode != "area":
+        return height, width
+    area = height * width
+    sides = (math.sqrt(area * source_height / source_width), math.sqrt(area * source_width / source_height))
+    fitted_h, fitted_w = (round(side) // SIDE_MULTIPLE * SIDE_MULTIPLE for side in sides)
+    if min(fitted_h, fitted_w) < SIDE_MULTIPLE:
+        raise ValueError(f"An image of {source_width} x {source_height} keeps its aspect at {width} x {height} "
+                         f"only with a side under {SIDE_MULTIPLE} pixels; crop it first, or resize with "
+                         "\"crop\" or \"stretch\".")
+    return fitted_h, fitted_w
+
+
+def resize_frames(frames: torch.Tensor, height: int, width: int, *, mode: str = "area",
+                  filter: str = "bicubic") -> torch.Tensor:
+    """Resize a batch [N, C, H, W] to :func:`generation_size` -> [N, C, h, w].
+
+    One function for inference images and training clips, so both see the same pixels.
+    ``filter``: "bicubic" (with antialiasing, clamped to [0, 1]: colours) or "nearest" (point
+    maps and masks: values are never blended; the dtype is kept).
+    """
+    if frames.ndim != 4:
+        raise ValueError(f"Frames must be [N, C, H, W], got {tuple(frames.shape)}.")
+    if filter not in ("bicubic", "nearest"):
+        raise ValueError(f"filter must be 'bicubic' or 'nearest', got {filter!r}.")
+    source_h, source_w = frames.shape[-2:]
+    out_h, out_w = generation_size(source_h, source_w, height, width, mode)
+    size = (out_h, out_w)
+    if mode == "crop":
+        scale = max(out_h / source_h, out_w / source_w)
+        size = (max(out_h, round(source_h * scale)), max(out_w, round(source_w * scale)))
+    if filter == "bicubic":
+        resized = F.interpolate(frames.float(), size=size, mode="bicubic", antialias=True,
+                                align_corners=False).clamp(0.0, 1.0)
+    else:
+        resized = F.interpolate(frames.float(), size=size, mode="nearest-exact").to(frames.dtype)
+    top, left = (size[0] - out_h) // 2, (size[1] - out_w) // 2
+    return resized[..., top:top + out_h, left:left + out_w]
+
+
+def fit_image(image: torch.Tensor, height: int, width: int, mode: str = "area") -> torch.Tensor:
+    """Resize one picture [3, H, W] in [0, 1] for generation (:func:`resize_frames`) -> [3, h, w]."""
+    return resize_frames(image[None], height, width, mode=mode)[0]

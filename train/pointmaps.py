@@ -7,7 +7,8 @@ Every function is pure and works on batched tensors. The order :func:`process_cl
    (ping-pong: 0 1 2 3 2 1 0 1 ...);
 2. depth maps become point maps with their cameras; point maps given in world coordinates
    move into the first camera's frame (``inverse(cams2world[0])``);
-3. resize to cover the training size and centre-crop (RGB bicubic with antialiasing; XYZ and
+3. resize to cover the training size and centre-crop, with the resize the generation uses
+   (:func:`fourdnex_core.image_io.resize_frames`: RGB bicubic with antialiasing; XYZ and
    validity nearest, so no point is blended across a depth edge);
 4. normalize the cropped point maps with :func:`fourdnex_core.representation.normalize_point_maps`:
    per frame clipped to the 2..98th percentile, per-frame centre, one scale for the clip.
@@ -21,9 +22,9 @@ import dataclasses
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from fourdnex_core.geometry.cameras import backproject
+from fourdnex_core.image_io import resize_frames
 from fourdnex_core.representation import PointMapNormalization, normalize_point_maps
 
 logger = logging.getLogger(__name__)
@@ -116,24 +117,16 @@ def clip_points(clip: RawClip) -> torch.Tensor:
 def fit_frames(frames: torch.Tensor, height: int, width: int, *, mode: str) -> torch.Tensor:
     """Resize [F, H, W, C] to cover height x width (keeping aspect), centre-crop: -> [F, height, width, C].
 
+    The generation's own resize (:func:`fourdnex_core.image_io.resize_frames`, "crop": a batch of
+    clips shares one size).
+
     ``mode``: "bicubic" (with antialiasing, for RGB; clamped to [0, 1]) or "nearest" (point maps,
     masks: values are never blended).
     """
     if frames.ndim != 4:
         raise ValueError(f"Frames must be [F, H, W, C], got {tuple(frames.shape)}.")
-    _, source_h, source_w, _ = frames.shape
-    scale = max(height / source_h, width / source_w)
-    size = (max(height, round(source_h * scale)), max(width, round(source_w * scale)))
-    channels_first = frames.permute(0, 3, 1, 2)
-    if mode == "bicubic":
-        resized = F.interpolate(channels_first.float(), size=size, mode="bicubic", antialias=True,
-                                align_corners=False).clamp(0.0, 1.0)
-    elif mode == "nearest":
-        resized = F.interpolate(channels_first.float(), size=size, mode="nearest-exact").to(frames.dtype)
-    else:
-        raise ValueError(f"mode must be 'bicubic' or 'nearest', got {mode!r}.")
-    top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return resized[:, :, top:top + height, left:left + width].permute(0, 2, 3, 1).contiguous()
+    resized = resize_frames(frames.permute(0, 3, 1, 2), height, width, mode="crop", filter=mode)
+    return resized.permute(0, 2, 3, 1).contiguous()
 
 
 def process_clip(

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic_write import atomic_path
 from .encoders import TEXT_LENGTH
 from .geometry.export_cameras import CameraSet
 from .geometry.pointcloud import PointCloud, PointFilter, ScenePointClouds, frame_depth
@@ -328,8 +329,7 @@ def write_viewer_points(path: str | Path, clouds: Sequence[PointCloud], fps: flo
                          "radius": float(np.linalg.norm(high - low) / 2) or 1.0}).encode()
     header += b" " * (-(len(VIEWER_MAGIC) + 4 + len(header)) % 4)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         handle.write(VIEWER_MAGIC + np.uint32(len(header)).tobytes() + header)
         for chunk in chunks:
             handle.write(chunk)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fourdnex_core.atomic_write import atomic_path
+
 _OPTIONAL = ("depth", "K", "cams2world", "mask", "residuals", "confidence")
 _DTYPES = {"rgb": np.uint8, "xyz": np.float32, "depth": np.float32, "K": np.float32,
            "cams2world": np.float32, "mask": np.bool_, "residuals": np.float32, "confidence": np.float32}
@@ -76,10 +78,10 @@ class Scene:
 
 
 def save_scene(scene: Scene, path: str | Path) -> Path:
-    """Write ``scene`` to ``path`` (``.npz``, compressed, no pickled objects)."""
+    """Write ``scene`` to ``path`` (``.npz``, compressed, no pickled objects), atomically: an
+    interrupted write leaves the earlier file at ``path`` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         np.savez_compressed(handle, **scene.arrays())
     return path
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
-from safetensors.torch import save_file
 from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderModel
 
+from .atomic_write import atomic_path
 from .loading.clip_vision_loader import clip_image_processor, clip_vision_h_config
 from .loading.encoder_writers import (
     save_clip_vision_single_file,
@@ -44,6 +44,7 @@ from .loading.encoder_writers import (
     write_random_clip_vision,
     write_random_text_encoder,
 )
+from .loading.safetensors_io import save_tensors
 from .loading.single_file_writers import save_transformer_single_file, save_vae_single_file
 from .loading.text_encoder_loader import umt5_xxl_config
 from .loading.tokenizer import build_tiny_tokenizer, spiece_bytes
@@ -134,11 +135,10 @@ def make_tiny_models(root: str | Path, *, seed: int = 0, full_size_encoders: boo
     else:
         _write_tiny_encoders(tiny, tokenizer, sentencepiece_model, transformer, vae)
 
-    tiny.diffusers_lora.mkdir(parents=True, exist_ok=True)
-    save_file(_random_release_lora(transformer, generator), tiny.diffusers_lora / RELEASED_LORA_FILE)
+    save_tensors(tiny.diffusers_lora / RELEASED_LORA_FILE, _random_release_lora(transformer, generator))
     inner_dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
-    torch.save(torch.randn(2, inner_dim, generator=generator) * 0.5,
-               tiny.diffusers_lora / RELEASED_DOMAIN_EMBEDDINGS_FILE)
+    with atomic_path(tiny.diffusers_lora / RELEASED_DOMAIN_EMBEDDINGS_FILE) as temporary:
+        torch.save(torch.randn(2, inner_dim, generator=generator) * 0.5, temporary)
 
     save_transformer_single_file(transformer, models / COMFY_FILES["transformer"], dtype=torch.bfloat16, prefix=True)
     save_vae_single_file(vae, models / COMFY_FILES["vae"])

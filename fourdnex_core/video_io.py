@@ -9,6 +9,7 @@ repeated row or column.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 from PIL import Image
+
+from fourdnex_core.atomic_write import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,37 +51,44 @@ def write_video(path: str | Path, frames: Iterable[Frame], fps: float, quality: 
 
     quality: imageio-ffmpeg's 0 (worst) .. 10 (best) scale. Returns ``path``.
     """
-    if fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps}.")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count, size = 0, None
-    writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                                pixelformat="yuv420p", quality=quality, macro_block_size=1,
-                                ffmpeg_log_level="error")
-    try:
-        for frame in frames:
-            image = _pad_to_even(frame_to_uint8(frame))
-            if size is None:
-                size = image.shape
-            elif image.shape != size:
-                raise ValueError(f"Frame {count} is {image.shape[:2]}, earlier frames {size[:2]}: all frames "
-                                 "of a video must have one size.")
-            writer.append_data(image)
-            count += 1
-    finally:
-        writer.close()
-    if count == 0:
-        path.unlink(missing_ok=True)
-        raise ValueError(f"No frames given for {path}; a video needs at least one frame.")
+    with atomic_path(path, suffix=path.suffix) as temporary:
+        writer = imageio.get_writer(temporary, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                    pixelformat="yuv420p", quality=quality, macro_block_size=1,
+                                    ffmpeg_log_level="error")
+        try:
+            count = _append_frames(writer, frames)
+        finally:
+            writer.close()
+        if count == 0:
+            raise ValueError(f"No frames given for {path}; a video needs at least one frame.")
     logger.debug("wrote %d frames to %s", count, path)
     return path
 
 
+def _append_frames(writer, frames: Iterable[Frame]) -> int:
+    """Append every frame (one size, padded to even sides) to an imageio writer; returns the count."""
+    count, size = 0, None
+    for frame in frames:
+        image = _pad_to_even(frame_to_uint8(frame))
+        if size is None:
+            size = image.shape
+        elif image.shape != size:
+            raise ValueError(f"Frame {count} is {image.shape[:2]}, earlier frames {size[:2]}: all frames "
+                             "of a video must have one size.")
+        writer.append_data(image)
+        count += 1
+    return count
+
+
 def save_frame(path: str | Path, frame: Frame) -> Path:
-    """Write one frame [H, W, 3] as a PNG at ``path``."""
+    """Write one frame [H, W, 3] as a PNG at ``path`` (atomically)."""
     path = Path(path)
-    Image.fromarray(frame_to_uint8(frame)).save(path, format="PNG")
+    image = Image.fromarray(frame_to_uint8(frame))
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
     return path
 
 

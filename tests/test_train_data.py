@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fourdnex_core.atomic_write import partial_path
 from fourdnex_core.conditioning import encode_condition
 from fourdnex_core.geometry.synthetic import make_synthetic_scene
 from fourdnex_core.representation import xyz_init_map
@@ -235,7 +236,7 @@ def test_prepare_caches_clips_reports_failures_and_resumes(tmp_path, tiny_models
     torch.testing.assert_close(cached.xyz_latent, xyz_latent)
 
     # Resume: finished clips are skipped without loading any encoder; a half-written file is ignored.
-    (tmp_path / "cache" / "clip_002.safetensors.tmp").write_bytes(b"partial")
+    partial_path(tmp_path / "cache" / "clip_002.safetensors").write_bytes(b"partial")
     monkeypatch.setattr(prepare_module, "load_encoders", lambda *a: pytest.fail("encoders loaded needlessly"))
     again = prepare_dataset(config, progress=False)
     assert sorted(again.names("skipped")) == ["clip_000", "clip_001"] and again.names("prepared") == []

@@ -23,14 +23,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+
+from fourdnex_core.loading.safetensors_io import save_tensors
 
 CACHE_FORMAT = "fourdnex-train-cache"
 CACHE_VERSION = "1"
@@ -62,20 +62,11 @@ def cache_path(cache_dir: Path, name: str) -> Path:
     return Path(cache_dir) / f"{name}.safetensors"
 
 
-def write_atomic(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> Path:
-    """Write a safetensors file through ``<path>.tmp`` + rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary), metadata=dict(metadata))
-    os.replace(temporary, path)
-    return path
-
-
 def write_cached_clip(path: Path, clip: CachedClip) -> Path:
     """Write ``clip`` (its metadata must hold the keys of the module docstring)."""
     tensors = {key: getattr(clip, key) for key in TENSORS}
     metadata = {**clip.metadata, "format": CACHE_FORMAT, "name": clip.name}
-    return write_atomic(path, tensors, metadata)
+    return save_tensors(path, tensors, metadata)
 
 
 def read_metadata(path: Path) -> dict[str, str] | None:

@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from fourdnex_core.atomic_write import atomic_path
 from train.data_layout import ClipSource, find_clips
 
 logger = logging.getLogger(__name__)
@@ -186,8 +187,8 @@ def write_histogram(values: Sequence[float], path: Path, title: str, bounds: Seq
             if math.isfinite(bound) and low <= bound <= high:
                 x = margin + (bound - low) / span * plot_w
                 draw.line([x, margin, x, height - 2 * margin], fill="red", width=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    with atomic_path(path) as temporary:
+        image.save(temporary, format="PNG")
     return path
 
 
@@ -228,7 +229,8 @@ def curate(
         reasons[name].insert(0, f"unreadable: {error}")
     result = CurationResult(metrics=metrics, reasons=reasons)
     _write_csv(out_dir / "curation.csv", result)
-    (out_dir / "kept.txt").write_text("".join(f"{name}\n" for name in result.kept), encoding="utf-8")
+    with atomic_path(out_dir / "kept.txt") as temporary:
+        temporary.write_text("".join(f"{name}\n" for name in result.kept), encoding="utf-8")
     for metric in METRICS:
         write_histogram([values[metric] for values in metrics.values()], out_dir / f"hist_{metric}.png", metric,
                         filter_bounds(metrics, criteria, metric))
@@ -237,8 +239,7 @@ def curate(
 
 
 def _write_csv(path: Path, result: CurationResult) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["clip", *METRICS, "kept", "reasons"])
         for name, values in result.metrics.items():

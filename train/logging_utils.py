@@ -7,6 +7,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from fourdnex_core.atomic_write import atomic_path
+
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("step", "loss", "lr", "grad_norm", "sigma_mean", "seconds")
@@ -41,7 +43,7 @@ class MetricsLogger:
         if not self.path.is_file():
             return
         kept = [row for row in read_log(self.path) if row["step"] <= step]
-        with open(self.path, "w", encoding="utf-8", newline="") as handle:
+        with atomic_path(self.path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(kept)

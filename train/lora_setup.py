@@ -23,12 +23,12 @@ from pathlib import Path
 import peft
 import torch
 from peft.tuners.lora import LoraLayer as PeftLoraLayer
-from safetensors.torch import save_file
 from torch import nn
 
+from fourdnex_core.atomic_write import atomic_path
+from fourdnex_core.loading.safetensors_io import save_tensors
 from fourdnex_core.lora import LoraLayer, to_fourdnex_state_dict
 from fourdnex_core.model_set import RELEASED_DOMAIN_EMBEDDINGS_FILE, RELEASED_LORA_FILE
-from train.cache import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def write_trained_lora(path: Path, transformer: nn.Module, metadata: Mapping[str
                          "without an extension.")
     tensors, format_metadata = to_fourdnex_state_dict(trained_lora_layers(transformer),
                                                       transformer.domain_embeddings.detach().float().cpu())
-    return write_atomic(path, tensors, {**metadata, **format_metadata})
+    return save_tensors(path, tensors, {**metadata, **format_metadata})
 
 
 def write_diffusers_lora(folder: Path, transformer: nn.Module, *, rank: int, alpha: float,
@@ -135,6 +135,7 @@ def write_diffusers_lora(folder: Path, transformer: nn.Module, *, rank: int, alp
         tensors[f"transformer.{layer.module}.lora_A.weight"] = layer.down.contiguous()
         tensors[f"transformer.{layer.module}.lora_B.weight"] = layer.up.contiguous()
     adapter = {"r": rank, "lora_alpha": alpha, "target_modules": list(target_modules)}
-    save_file(tensors, str(folder / RELEASED_LORA_FILE), metadata={"lora_adapter_metadata": json.dumps(adapter)})
-    torch.save(transformer.domain_embeddings.detach().float().cpu().clone(), folder / RELEASED_DOMAIN_EMBEDDINGS_FILE)
+    save_tensors(folder / RELEASED_LORA_FILE, tensors, {"lora_adapter_metadata": json.dumps(adapter)})
+    with atomic_path(folder / RELEASED_DOMAIN_EMBEDDINGS_FILE) as temporary:
+        torch.save(transformer.domain_embeddings.detach().float().cpu().clone(), temporary)
     return folder

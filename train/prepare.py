@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fourdnex_core.atomic_write import atomic_path
 from fourdnex_core.conditioning import encode_condition
 from fourdnex_core.encoders import encode_image, encode_prompt, with_pointmap_style
 from fourdnex_core.loading.clip_vision_loader import load_clip_vision
@@ -91,8 +92,7 @@ class PrepareReport:
         return [name for name, row_status, _ in self.rows if row_status == status]
 
     def write_csv(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8", newline="") as handle:
+        with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["clip", "status", "detail"])
             writer.writerows(self.rows)

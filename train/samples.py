@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from fourdnex_core.decode import decode_wide_latent
+from fourdnex_core.loading.safetensors_io import save_tensors
 from fourdnex_core.representation import xyz_to_pixels
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.video_io import write_video
-from train.cache import CachedClip, read_cached_clip, write_atomic
+from train.cache import CachedClip, read_cached_clip
 from train.config import SampleConfig
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def generate_samples(
             clip = read_cached_clip(path)
             latent = sample(transformer, conditioning_of(clip), sampling, dtype=dtype, device=device, progress=False)
             stem = folder / f"step-{step:08d}_{clip.name}"
-            written.append(write_atomic(stem.with_suffix(".safetensors"), {"latent": latent.cpu()}, {}))
+            written.append(save_tensors(stem.with_suffix(".safetensors"), {"latent": latent.cpu()}))
             if vae is not None:
                 decoded = decode_wide_latent(vae, latent, progress=False)
                 write_video(stem.with_name(stem.name + "_rgb.mp4"), decoded.rgb, SAMPLE_FPS)

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             bar.total = bar.n  # converged early: show the bar complete
             bar.refresh()
     elapsed = time.perf_counter() - started
-    _write_atomically(_with_cameras(scene, result), path)
+    save_scene(_with_cameras(scene, result), path)
     _print_summary(result, elapsed, path)
     return 0
 
@@ -107,13 +107,6 @@ def _with_cameras(scene: Scene, result: PostOptResult) -> Scene:
         mask=result.valid.numpy(),
         residuals=result.residuals.numpy(),
     )
-
-
-def _write_atomically(scene: Scene, path: Path) -> None:
-    """Write next to ``path`` first, then rename, so an interrupted run leaves the old file intact."""
-    partial = path.with_name(f".{path.stem}.partial.npz")
-    save_scene(scene, partial)
-    partial.replace(path)
 
 
 def _print_summary(result: PostOptResult, elapsed: float, path: Path) -> None:

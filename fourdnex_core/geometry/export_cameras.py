@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fourdnex_core.atomic_write import atomic_path
+
 OPENGL_FROM_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
@@ -84,8 +86,7 @@ def write_cameras_json(path: str | Path, cameras: CameraSet) -> Path:
         "intrinsics": {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "K": K.tolist()},
         "frames": frames,
     }
-    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
-    return path
+    return _write_json(path, document)
 
 
 def read_cameras_json(path: str | Path) -> CameraSet:
@@ -122,7 +123,13 @@ def write_transforms_json(path: str | Path, cameras: CameraSet, file_paths: Sequ
     }
     if ply_file_path is not None:
         document["ply_file_path"] = ply_file_path
-    path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    return _write_json(path, document)
+
+
+def _write_json(path: Path, document: dict) -> Path:
+    """Write ``document`` as indented JSON at ``path``, atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=1), encoding="utf-8")
     return path
 
 

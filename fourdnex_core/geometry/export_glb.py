@@ -11,14 +11,16 @@ ComfyUI's 3D preview (frontend 0.3.x) shows POINTS GLBs, not PLY. Layout of a wr
 * with ``fps``: an animation "frames" shows one node at a time (STEP keys on ``scale``, 0 or 1);
   nodes after the first start at scale 0, so a viewer that ignores animations shows frame 0.
 
-The writer spools the point data to ``<path>.part`` frame by frame and assembles the GLB on
-``close()``, so memory stays at one frame whatever the sequence length.
+The writer spools the point data to a hidden ``.partial`` file beside ``path`` frame by frame and
+assembles the GLB on ``close()`` (written atomically), so memory stays at one frame whatever the
+sequence length and an interrupted export leaves no GLB at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import struct
 from collections.abc import Iterable
@@ -27,6 +29,7 @@ from types import TracebackType
 
 import numpy as np
 
+from fourdnex_core.atomic_write import atomic_path, partial_path
 from fourdnex_core.geometry.pointcloud import PointCloud
 
 GLB_MAGIC = b"glTF"
@@ -68,12 +71,12 @@ class GlbPointsWriter:
     """
 
     def __init__(self, path: str | Path, fps: float | None = None) -> None:
-        if fps is not None and fps <= 0:
-            raise ValueError(f"fps must be positive (or None for no animation), got {fps}.")
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a positive number (or None for no animation), got {fps}.")
         self.path = Path(path)
         self.fps = fps
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._spool_path = self.path.with_name(self.path.name + ".part")
+        self._spool_path = partial_path(self.path, ".spool")
         self._spool = open(self._spool_path, "wb")
         self._frames: list[_FrameRecord] = []
         self._bytes = 0
@@ -108,7 +111,8 @@ class GlbPointsWriter:
             json_bytes += b" " * (-len(json_bytes) % 4)
             bin_header = struct.pack("<II", bin_length, CHUNK_BIN) if bin_length else b""
             total = 12 + 8 + len(json_bytes) + len(bin_header) + bin_length
-            with open(self.path, "wb") as handle, open(self._spool_path, "rb") as spool:
+            with (atomic_path(self.path) as temporary, open(temporary, "wb") as handle,
+                  open(self._spool_path, "rb") as spool):
                 handle.write(GLB_MAGIC + struct.pack("<II", 2, total))
                 handle.write(struct.pack("<II", len(json_bytes), CHUNK_JSON) + json_bytes)
                 handle.write(bin_header)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fourdnex_core.atomic_write import atomic_path
 from fourdnex_core.geometry.pointcloud import PointCloud
 
 VERTEX_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
@@ -42,8 +43,7 @@ def write_ply(path: str | Path, cloud: PointCloud, chunk_points: int = 1 << 20) 
     if chunk_points < 1:
         raise ValueError(f"chunk_points must be at least 1, got {chunk_points}.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         handle.write(ply_header(len(cloud)))
         for start in range(0, len(cloud), chunk_points):
             stop = min(start + chunk_points, len(cloud))

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from safetensors.torch import save_file
 from torch import nn
 from transformers import (
     CLIPVisionConfig,
@@ -35,7 +34,7 @@ from transformers import (
 from .clip_vision_loader import CLIP_VISION_COMPONENT, FILE_PREFIX, PROJECTION_KEY
 from .detect import SCALED_FP8_MARKER
 from .fp8 import quantize_fp8
-from .safetensors_io import TensorLayout, component_metadata, write_safetensors
+from .safetensors_io import TensorLayout, component_metadata, save_tensors, write_safetensors
 from .text_encoder_loader import SCALE_WEIGHT_SUFFIX, SPIECE_KEY, TEXT_ENCODER_COMPONENT, TIED_EMBEDDING_KEY
 from .tokenizer import spiece_bytes
 
@@ -146,9 +145,7 @@ def _spiece_tensor(tokenizer_or_spiece_bytes: PreTrainedTokenizerBase | bytes | 
 
 
 def _save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, component: str, config: PretrainedConfig) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=component_metadata(component, config.to_diff_dict()))
+    path = save_tensors(path, tensors, component_metadata(component, config.to_diff_dict()))
     logger.info("wrote %s (%d tensors) to %s", component, len(tensors), path)
     return path
 

@@ -19,7 +19,8 @@ the raw tensor bytes; offsets count from the end of the header.
 - Files written by this project carry their component and diffusers config in the metadata
   (:func:`component_metadata`), so any model size is recognised without guessing from shapes.
 - :func:`write_safetensors` writes a file from a layout and a stream of tensors, one tensor in
-  memory at a time, so a 11 GB checkpoint can be generated without holding it.
+  memory at a time, so a 11 GB checkpoint can be generated without holding it;
+  :func:`save_tensors` writes a dict of tensors. Both write atomically.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ from typing import Any, BinaryIO
 
 import torch
 from accelerate import init_empty_weights
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from fourdnex_core.atomic_write import atomic_path
 
 # Metadata key under which this project stores {"component": ..., "config": {...}} as JSON.
 FOURDNEX_METADATA_KEY = "fourdnex_config"
@@ -342,8 +346,8 @@ def write_safetensors(
 
     The header is built from ``layout`` alone and written first; each tensor is then checked
     against its layout entry and its bytes appended, so memory holds one tensor at a time. The
-    file is written as ``<path>.partial`` and renamed when complete, so an interrupted write
-    leaves no file under ``path``. The result reads back with ``safetensors`` and
+    file is written through :func:`fourdnex_core.atomic_write.atomic_path`, so an interrupted
+    write leaves ``path`` as it was. The result reads back with ``safetensors`` and
     :func:`read_header` like a file from ``safetensors.torch.save_file``.
 
     Args:
@@ -369,11 +373,9 @@ def write_safetensors(
         header["__metadata__"] = dict(metadata)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # tensor data starts 8-byte aligned, as safetensors writes it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     expected = iter(layout.items())
-    try:
-        with open(partial, "wb") as handle:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as handle:
             handle.write(struct.pack("<Q", len(raw)) + raw)
             for name, tensor in tensors:
                 _check_next(next(expected, None), name, tensor)
@@ -382,9 +384,18 @@ def write_safetensors(
         missing = next(expected, None)
         if missing is not None:
             raise ValueError(f"the tensor stream ended before {missing[0]!r}; every layout entry needs a tensor")
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    return path
+
+
+def save_tensors(
+    path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """``safetensors.torch.save_file`` of ``tensors`` (any device, any memory layout), atomically:
+    an interrupted write leaves ``path`` as it was. Parent folders are created. Returns ``path``."""
+    path = Path(path)
+    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    with atomic_path(path) as temporary:
+        save_file(contiguous, str(temporary), metadata=dict(metadata) if metadata else None)
     return path
 
 

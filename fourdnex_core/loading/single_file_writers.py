@@ -4,8 +4,8 @@ The files carry ``fourdnex_config`` metadata (component + diffusers config), so 
 recognise models of any size, including the tiny ones tests build. Diffusers folders are
 written with diffusers' own ``save_pretrained``.
 
-Writes go to ``<path>.partial`` first and are renamed at the end, so an interrupted write never
-leaves a truncated file under the final name.
+Writes are atomic (:func:`fourdnex_core.loading.safetensors_io.save_tensors`): an interrupted
+write never leaves a truncated file under the final name.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from typing import Literal
 
 import torch
 from diffusers import AutoencoderKLWan, ModelMixin
-from safetensors.torch import save_file
 from torch import nn
 
 from fourdnex_core.loading.detect import SCALE_SUFFIX, SCALED_FP8_MARKER
 from fourdnex_core.loading.fp8 import dequantize_fp8, is_fp8_dtype, quantize_fp8
-from fourdnex_core.loading.safetensors_io import component_metadata
+from fourdnex_core.loading.safetensors_io import component_metadata, save_tensors
 from fourdnex_core.loading.wan_keys import ORIGINAL_PREFIXES, diffusers_to_original
 from fourdnex_core.loading.wan_vae_keys import vae_state_dict_to_original
 
@@ -79,7 +78,7 @@ def save_transformer_single_file(
             tensors[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
     if fp8 == "scaled":
         tensors[name_prefix + SCALED_FP8_MARKER] = torch.empty(0, dtype=torch.float8_e4m3fn)
-    return _write(tensors, Path(path), component_metadata("transformer", model.config))
+    return save_tensors(path, tensors, component_metadata("transformer", model.config))
 
 
 def save_vae_single_file(
@@ -92,12 +91,5 @@ def save_vae_single_file(
     renamed = vae_state_dict_to_original(vae.state_dict(), vae.config.num_res_blocks)
     if dtype is not None:
         renamed = {name: t.to(dtype) if t.is_floating_point() else t for name, t in renamed.items()}
-    return _write(renamed, Path(path), component_metadata("vae", vae.config))
+    return save_tensors(path, renamed, component_metadata("vae", vae.config))
 
-
-def _write(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, partial, metadata=metadata)
-    os.replace(partial, path)
-    return path

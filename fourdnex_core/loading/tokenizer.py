@@ -26,6 +26,8 @@ import sentencepiece
 from tokenizers.models import Unigram
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Tokenizer
 
+from fourdnex_core.atomic_write import atomic_path
+
 logger = logging.getLogger(__name__)
 
 SPIECE_FILE = "spiece.model"
@@ -219,7 +221,8 @@ def build_tiny_tokenizer(
         character_coverage=1.0,
         minloglevel=2,
     )
-    (directory / SPIECE_FILE).write_bytes(model.getvalue())
+    with atomic_path(directory / SPIECE_FILE) as temporary:
+        temporary.write_bytes(model.getvalue())
     tokenizer_from_spiece_bytes(model.getvalue()).save_pretrained(directory)
     logger.debug("tiny tokenizer with %d pieces written to %s", vocab_size, directory)
     return load_tokenizer(directory)

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from fourdnex_core.loading.safetensors_io import save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +149,7 @@ class EmbeddingCache:
         if negative is not None:
             tensors["negative_prompt_embeds"] = negative.contiguous()
         metadata = {_KEY_METADATA: json.dumps(dataclasses.asdict(key), sort_keys=True), _PROMPT_METADATA: prompt}
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(key)
-        partial = path.with_suffix(".partial")
-        save_file(tensors, partial, metadata=metadata)
-        partial.replace(path)
+        save_tensors(self._path(key), tensors, metadata)
 
     def _read(self, key: PromptKey) -> TextEmbeddings | None:
         path = self._path(key)

@@ -1,0 +1,53 @@
+"""Atomic file writes: every file the project writes appears whole or not at all.
+
+:func:`atomic_path` hands a writer a temporary path in the destination's folder
+(``.<name>.<random>.partial``, hidden, so no glob of ``*.<ext>`` picks it up) and renames it onto
+the destination with :func:`os.replace` only when the writer returns. An exception, Ctrl-C
+(``KeyboardInterrupt``) or ``SystemExit`` removes the temporary file, so an interrupted write
+leaves the earlier file at the destination untouched and no half file beside it. A process
+killed outright (``kill -9``, power loss) may leave a ``.partial`` file, never a truncated
+destination.
+
+>>> with atomic_path("out/run.json") as temporary:
+...     temporary.write_text(text, encoding="utf-8")
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PARTIAL_MARK = ".partial"
+
+
+def partial_path(path: Path, suffix: str = "") -> Path:
+    """The temporary name :func:`atomic_path` writes ``path`` under (same folder, hidden, random)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_MARK}{suffix}")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path to write; on success rename it onto ``path`` (parents are created).
+
+    Args:
+        path: the destination file; replaced atomically if it exists.
+        suffix: appended to the temporary name, for writers that pick a format from the file
+            extension (ffmpeg: ``suffix=".mp4"``).
+
+    The writer must create and close the temporary file inside the ``with`` block. If it
+    writes nothing there, the destination is left as it was and a :class:`FileNotFoundError`
+    says so.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = partial_path(path, suffix)
+    try:
+        yield temporary
+        if not temporary.exists():
+            raise FileNotFoundError(f"Nothing was written for {path} (no {temporary.name}); the file is unchanged.")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
-from train.config import LAYOUTS, ConfigError, load_config, override_keys, parse_override_value
+from fourdnex_core.cli.errors import run_command
+from train.config import LAYOUTS, load_config, override_keys, parse_override_value
 from train.curation import DEFAULT_HCPR_THRESHOLD, METRICS, Criterion, curate
 
 logger = logging.getLogger(__name__)
@@ -58,29 +58,30 @@ def parse_filter(text: str) -> Criterion:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code (see :mod:`fourdnex_core.cli.errors`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "curate":
-            result = curate(args.root, args.layout, args.out, [parse_filter(f) for f in args.filter],
-                            hcpr_threshold=args.hcpr_threshold)
-            print(f"kept {len(result.kept)} of {len(result.metrics)} clips; report in {args.out}")
-            return 0
-        overrides = {key: parse_override_value(value) for key, value in vars(args).items() if "." in key}
-        config = load_config(args.config, overrides)
-        if args.command == "prepare":
-            from train.prepare import prepare_dataset
+    return run_command("fourdnex-train", args.command, lambda: _run(args), verbose=args.verbose)
 
-            report = prepare_dataset(config)
-            print(report.summary())
-            usable = report.names("prepared") + report.names("skipped")
-            return 0 if usable else 1
-        from train.trainer import Trainer
 
-        result = Trainer(config).train()
-        print(f"trained to step {result.step}; LoRA: {result.lora_path}")
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "curate":
+        result = curate(args.root, args.layout, args.out, [parse_filter(f) for f in args.filter],
+                        hcpr_threshold=args.hcpr_threshold)
+        print(f"kept {len(result.kept)} of {len(result.metrics)} clips; report in {args.out}")
         return 0
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        print(f"fourdnex-train {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    overrides = {key: parse_override_value(value) for key, value in vars(args).items() if "." in key}
+    config = load_config(args.config, overrides)
+    if args.command == "prepare":
+        from train.prepare import prepare_dataset
+
+        report = prepare_dataset(config)
+        print(report.summary())
+        usable = report.names("prepared") + report.names("skipped")
+        return 0 if usable else 1
+    from train.trainer import Trainer
+
+    result = Trainer(config).train()
+    print(f"trained to step {result.step}; LoRA: {result.lora_path}")
+    return 0

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
+
+from fourdnex_core.cli.errors import EXIT_INTERRUPTED, run_command
 
 # Subcommand name -> module in this package.
 SUBCOMMANDS = {
@@ -35,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    """Parse ``argv`` and run the subcommand; returns the exit code (see :mod:`fourdnex_core.cli.errors`)."""
+    try:
+        parser = build_parser()  # imports torch and the subcommands: seconds a user may Ctrl-C
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        return int(args.handler(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError, ImportError) as error:  # ImportError: an optional kernel
-        print(f"fourdnex {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return run_command("fourdnex", args.command, lambda: args.handler(args), verbose=args.verbose)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .representation import SIDE_MULTIPLE
 
@@ -16,23 +16,64 @@ RESIZE_MODES = ("area", "crop", "stretch")
 """How the input meets the requested size: "area" (the release's: aspect kept, plain resize), "crop", "stretch"."""
 
 
+BACKGROUND = (255, 255, 255)
+"""What transparent pixels show: white, as an image viewer on a light page (RGB 0..255)."""
+
+
 def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB, with errors that say what went wrong."""
+    """Open an image file as 8-bit RGB as it looks (see :func:`to_rgb`), upright (EXIF orientation
+    applied), with errors that say what went wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No image at {path}; pass the path of a PNG, JPEG or WebP file.")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(image), source=path)
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"Cannot read {path} as an image ({error}); use a PNG, JPEG or WebP file.") from error
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND, *,
+           source: str | Path = "the image") -> Image.Image:
+    """Any PIL mode -> 8-bit ``RGB`` showing what the image shows.
+
+    - 16-bit and 32-bit integer modes (``I;16``, ``I;16B``, ``I``: 16-bit PNG, TIFF and PGM files)
+      are scaled from 0..65535 (or 0..their maximum, when it is above 65535) to 0..255; Pillow's
+      own conversion clips them, which turns a 16-bit photo almost all white.
+    - ``F`` (float TIFF, PFM) is read as 0..1 when its maximum is at most 1, else as 0..255;
+      NaN or infinite pixels are refused.
+    - Transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent colour) is
+      composited over ``background`` instead of showing the colours hidden under it.
+    - Every other mode (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``)
+      converts with Pillow's colour conversions.
+    """
+    if image.mode == "F" or image.mode == "I" or image.mode.startswith("I;16"):
+        return Image.fromarray(_deep_to_uint8(np.asarray(image), image.mode, source)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _deep_to_uint8(values: np.ndarray, mode: str, source: str | Path) -> np.ndarray:
+    """[H, W] integer or float pixels of ``mode`` -> uint8 [H, W] (see :func:`to_rgb`)."""
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        count = int((~np.isfinite(values)).sum())
+        raise ValueError(f"{source} ({mode}) holds {count} NaN or infinite pixels; save it with finite values.")
+    peak = float(values.max(initial=0.0))
+    if mode == "F":
+        scale = 1.0 if peak <= 1.0 else 255.0
+    else:
+        scale = max(65535.0, peak)
+    return np.rint(np.clip(values / scale, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def image_to_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """A PIL image, a uint8 array [H, W, 3] or a float tensor [H, W, 3] / [1, H, W, 3] in [0, 1]
     (ComfyUI's IMAGE) -> float tensor [3, H, W] in [0, 1]."""
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.asarray(to_rgb(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"An image array must be uint8 [H, W, 3], got {image.dtype}.")

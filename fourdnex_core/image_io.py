@@ -142,3 +142,18 @@ def resize_frames(frames: torch.Tensor, height: int, width: int, *, mode: str = 
 def fit_image(image: torch.Tensor, height: int, width: int, mode: str = "area") -> torch.Tensor:
     """Resize one picture [3, H, W] in [0, 1] for generation (:func:`resize_frames`) -> [3, h, w]."""
     return resize_frames(image[None], height, width, mode=mode)[0]
+
+
+def resize_point_map(xyz: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A first-frame XYZ guess [H, W, 3] at the video size -> [height, width, 3].
+
+    Bilinear with the corners aligned, so a plane stays the same plane: the sloped-plane init at
+    one size resamples to exactly the sloped plane at another.
+    """
+    if xyz.ndim != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"An XYZ map must be [H, W, 3], got {tuple(xyz.shape)}.")
+    if tuple(xyz.shape[:2]) == (height, width):
+        return xyz
+    resized = F.interpolate(xyz.permute(2, 0, 1)[None].float(), size=(height, width), mode="bilinear",
+                            align_corners=True)
+    return resized[0].permute(1, 2, 0).to(xyz.dtype)

@@ -17,7 +17,7 @@ from PIL import Image
 from .conditioning import encode_condition
 from .decode import decode_wide_latent
 from .encoders import encode_image, encode_prompt, with_pointmap_style
-from .image_io import fit_image, image_to_tensor
+from .image_io import RESIZE_MODES, fit_image, image_to_tensor, resize_point_map
 from .lowvram import (
     BlockSwap,
     ComponentOffload,
@@ -29,14 +29,6 @@ from .lowvram import (
 )
 from .representation import check_video_size, xyz_init_map
 from .sampler import Conditioning, SamplingSettings, StepCallback, sample
-
-# Wan2.1's default negative prompt (the one its own generate script uses).
-WAN_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
-    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
-    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
-
 
 @dataclasses.dataclass
 class GenerationResult:
@@ -142,10 +134,11 @@ class FourDNeXPipeline:
         image: Image.Image | torch.Tensor,
         prompt: str = "",
         *,
-        negative_prompt: str | None = WAN_NEGATIVE_PROMPT,
+        negative_prompt: str | None = "",
         num_frames: int = 49,
         height: int = 480,
         width: int = 720,
+        resize: str = "area",
         settings: SamplingSettings | None = None,
         pointmap_style: bool = True,
         xyz_init: torch.Tensor | None = None,
@@ -154,32 +147,42 @@ class FourDNeXPipeline:
         should_cancel: Callable[[], bool] | None = None,
         progress: bool = True,
     ) -> GenerationResult:
-        """Generate a 4D scene from one image.
+        """Generate a 4D scene from one image. The defaults are the release's call (:mod:`.presets`).
 
         Args:
-            image: PIL image or ComfyUI IMAGE [1, H, W, 3] in [0, 1]; resized to cover
-                ``height`` x ``width`` and centre-cropped.
+            image: PIL image or ComfyUI IMAGE [1, H, W, 3] in [0, 1].
             prompt: text description; " POINTMAP_STYLE." is appended when ``pointmap_style``.
-            negative_prompt: CFG negative (Wan's default); None disables CFG.
+            negative_prompt: CFG negative, encoded as given: "" (the release's) by default;
+                :data:`~fourdnex_core.presets.WAN_NEGATIVE_PROMPT` is Wan's. None only with
+                guidance <= 1 (no negative pass).
             num_frames, height, width: per modality (the fused video is 2 * width wide).
-            xyz_init: [H, W, 3] first-frame XYZ guess; the sloped plane by default.
+            resize: how the image meets height x width (:func:`~fourdnex_core.image_io.generation_size`):
+                "area" (the release's: the image's aspect ratio at the area height * width, so the
+                result can differ from height x width), "crop" or "stretch".
+            xyz_init: [H, W, 3] first-frame XYZ guess, resampled to the video size; the sloped plane by default.
             dtype: transformer compute dtype (defaults to the transformer's parameter dtype).
         """
         check_video_size(num_frames, height, width)
         settings = settings or SamplingSettings()
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"Unknown resize mode {resize!r}; choose one of {', '.join(RESIZE_MODES)}.")
+        if settings.uses_cfg and negative_prompt is None:
+            raise ValueError(f"Guidance {settings.guidance_scale} needs a negative prompt: pass \"\" (the release's) "
+                             "or another text, or set guidance_scale to 1 to sample without it.")
         device = self.device or _device_of(self.transformer)
         dtype = dtype or self.transformer.dtype
 
         prompt_embeds, negative_embeds, used_prompt = self.encode_text(
             prompt, negative_prompt, pointmap_style=pointmap_style
         )
-        picture = fit_image(image_to_tensor(image), height, width)  # [3, H, W]
+        picture = fit_image(image_to_tensor(image), height, width, resize)  # [3, h, w]
+        height, width = picture.shape[-2:]
         with self.component("image_encoder") as image_encoder:
             image_embeds = encode_image(
                 image_encoder, self.image_processor, picture.permute(1, 2, 0)[None],
                 device=_device_of(image_encoder), dtype=image_encoder.dtype,
             )
-        init = xyz_init if xyz_init is not None else xyz_init_map(height, width)
+        init = xyz_init_map(height, width) if xyz_init is None else resize_point_map(xyz_init, height, width)
         with self.component("vae") as vae:
             condition = encode_condition(vae, picture, init, num_frames, progress=progress)
         conditioning = Conditioning(

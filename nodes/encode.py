@@ -6,7 +6,7 @@ import torch
 
 from fourdnex_core.comfy_types import ClipVisionOutput, conditioning
 from fourdnex_core.encoders import encode_image, encode_prompt, with_pointmap_style
-from fourdnex_core.pipeline import WAN_NEGATIVE_PROMPT
+from fourdnex_core.presets import WAN_NEGATIVE_PROMPT
 
 from . import comfy_bridge as comfy
 
@@ -17,8 +17,9 @@ class FourDNeXTextEncode:
         return {"required": {
             "text_encoder": ("UMT5", {"tooltip": "From 4DNeX Text Encoder Loader."}),
             "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "",
-                                "tooltip": "What the scene shows and how it moves. For the negative prompt, "
-                                           "Wan's default is a good start (see the node's description)."}),
+                                "tooltip": "What the scene shows and how it moves. For the negative prompt leave "
+                                           "it empty, as the release does (Wan's own negative prompt is in the "
+                                           "node's description)."}),
             "pointmap_style": ("BOOLEAN", {"default": True,
                                            "tooltip": "Append ' POINTMAP_STYLE.', as the 4DNeX release does for "
                                                       "every prompt. Turn off for the negative prompt."}),
@@ -29,7 +30,8 @@ class FourDNeXTextEncode:
     CATEGORY = "4DNeX/conditioning"
     DESCRIPTION = ("Encodes a prompt with UMT5-XXL into Wan's 512-token text embeddings, as a CONDITIONING "
                    "(ComfyUI's CLIPTextEncode with a 'wan' CLIPLoader works too; add POINTMAP_STYLE. yourself). "
-                   "Wan's default negative prompt: " + WAN_NEGATIVE_PROMPT)
+                   "The release's negative prompt is the empty text (pointmap_style off). Wan2.1's default "
+                   "negative prompt, to paste instead: " + WAN_NEGATIVE_PROMPT)
 
     def encode(self, text_encoder, text, pointmap_style):
         prompt = with_pointmap_style(text, enabled=pointmap_style)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fourdnex_core.comfy_types import PointMaps, image_embeds, text_embeds, xyz_image
 from fourdnex_core.conditioning import encode_condition
 from fourdnex_core.decode import decode_wide_latent
-from fourdnex_core.image_io import fit_image, image_to_tensor
+from fourdnex_core.image_io import RESIZE_MODES, fit_image, image_to_tensor, resize_point_map
 from fourdnex_core.lowvram import sampling_transformer
 from fourdnex_core.representation import check_video_size, xyz_init_map
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
-from fourdnex_core.schedulers import DEFAULT_FLOW_SHIFT, SAMPLERS
+from fourdnex_core.presets import RELEASE
+from fourdnex_core.schedulers import SAMPLERS, SCHEDULES
 
 from . import comfy_bridge as comfy
 
@@ -48,28 +49,43 @@ class FourDNeXSampler:
                                                          "a 'wan' CLIPLoader (end the text with POINTMAP_STYLE.)."}),
                 "clip_vision_output": ("CLIP_VISION_OUTPUT", {
                     "tooltip": "The image's CLIP embedding: 4DNeX CLIP Vision Encode or CLIPVisionEncode."}),
-                "image": ("IMAGE", {"tooltip": "The input image; resized to cover width x height and centre-cropped."}),
-                "width": ("INT", {"default": 720, **SIZE, "tooltip": "Width of one modality (the fused video is twice "
-                                                                     "as wide); multiple of 16."}),
-                "height": ("INT", {"default": 480, **SIZE, "tooltip": "Height; multiple of 16."}),
-                "length": ("INT", {"default": 49, "min": 1, "max": 257, "step": 4,
+                "image": ("IMAGE", {"tooltip": "The input image, fitted to width x height as 'resize' says."}),
+                "width": ("INT", {"default": RELEASE.width, **SIZE,
+                                  "tooltip": "Width of one modality (the fused video is twice as wide); multiple of "
+                                             "16. With resize 'area', width x height is the area to keep."}),
+                "height": ("INT", {"default": RELEASE.height, **SIZE, "tooltip": "Height; multiple of 16."}),
+                "length": ("INT", {"default": RELEASE.frames, "min": 1, "max": 257, "step": 4,
                                    "tooltip": "Frames, 4k+1 (49 in the release)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Denoising steps (release: 50)."}),
-                "cfg": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Classifier-free guidance (release: 5); 1 skips the negative pass."}),
-                "shift": ("FLOAT", {"default": DEFAULT_FLOW_SHIFT, "min": 0.01, "max": 100.0, "step": 0.01,
-                                    "tooltip": "Flow shift of the schedule (Wan 480p: 3)."}),
-                "scheduler": (list(SAMPLERS), {"default": "unipc",
-                                               "tooltip": "unipc (Wan's own) or euler, on flow sigmas."}),
-                "seed": ("INT", {"default": 42, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                                 "tooltip": "Noise seed; the noise is drawn on the CPU, so a seed gives the same "
-                                            "result on every device."}),
+                "steps": ("INT", {"default": RELEASE.steps, "min": 1, "max": 1000,
+                                  "tooltip": "Denoising steps (release: 50)."}),
+                "cfg": ("FLOAT", {"default": RELEASE.cfg, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Classifier-free guidance (release: 5, against the empty negative); "
+                                             "above 1 needs 'negative' connected; 1 skips the negative pass."}),
+                "shift": ("FLOAT", {"default": RELEASE.shift, "min": 0.01, "max": 100.0, "step": 0.01,
+                                    "tooltip": "Flow shift of the schedule (Wan 480p and the release: 3)."}),
+                "scheduler": (list(SAMPLERS), {"default": RELEASE.sampler,
+                                               "tooltip": "unipc (Wan's own, the release's) or euler, on flow "
+                                                          "sigmas."}),
+                "seed": ("INT", {"default": RELEASE.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "control_after_generate": True,
+                                 "tooltip": "Noise seed (release: 42); the noise is drawn on the CPU, so a seed "
+                                            "gives the same result on every device."}),
+                "resize": (list(RESIZE_MODES), {
+                    "default": RELEASE.resize,
+                    "tooltip": "area (the release's): the image's aspect ratio at the area width x height, no crop "
+                               "(a square image gives 576 x 576 at 720 x 480); crop: cover width x height and "
+                               "centre-crop; stretch: exactly width x height."}),
+                "schedule": (list(SCHEDULES), {
+                    "default": RELEASE.schedule,
+                    "tooltip": "release: the sigmas the 4DNeX release ran (diffusers 0.34); diffusers: those of "
+                               "diffusers 0.37 and later."}),
             },
             "optional": {
-                "negative": ("CONDITIONING", {"tooltip": "Negative prompt for guidance (Wan's default is in the "
-                                                         "4DNeX Text Encode description); none disables CFG."}),
-                "xyz_init": ("POINTMAPS", {"tooltip": "First-frame XYZ guess of the same size; the sloped plane when "
-                                                      "not connected."}),
+                "negative": ("CONDITIONING", {"tooltip": "The negative prompt for guidance: the release's is the "
+                                                         "empty text (4DNeX Text Encode of '', pointmap_style off). "
+                                                         "Needed when cfg is above 1."}),
+                "xyz_init": ("POINTMAPS", {"tooltip": "First-frame XYZ guess, resampled to the video size; the "
+                                                      "sloped plane when not connected."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -81,20 +97,23 @@ class FourDNeXSampler:
                    "on Wan2.1 I2V. Decode it with 4DNeX Decode.")
 
     def sample(self, model, vae, positive, clip_vision_output, image, width, height, length, steps, cfg, shift,
-               scheduler, seed, negative=None, xyz_init=None, unique_id=None):
+               scheduler, seed, resize=RELEASE.resize, schedule=RELEASE.schedule, negative=None, xyz_init=None,
+               unique_id=None):
         check_video_size(length, height, width)
-        picture = fit_image(image_to_tensor(image[:1]), height, width)  # [3, H, W]
-        init = xyz_init_map(height, width) if xyz_init is None else xyz_init.xyz[0]
-        if tuple(init.shape[:2]) != (height, width):
-            raise ValueError(f"The XYZ init is {init.shape[1]} x {init.shape[0]}, the video {width} x {height}; "
-                             "set 4DNeX XYZ Init to the same width and height.")
+        settings = SamplingSettings(num_inference_steps=steps, guidance_scale=cfg, flow_shift=shift,
+                                    sampler=scheduler, seed=seed, schedule=schedule)
+        if settings.uses_cfg and negative is None:
+            raise ValueError(f"cfg {cfg} needs a negative prompt: connect a 4DNeX Text Encode of the empty text "
+                             "(the release's negative, pointmap_style off) to the sampler's 'negative' input, or "
+                             "set cfg to 1 to sample without guidance.")
+        picture = fit_image(image_to_tensor(image[:1]), height, width, resize)  # [3, h, w]
+        height, width = picture.shape[-2:]
+        init = xyz_init_map(height, width) if xyz_init is None else resize_point_map(xyz_init.xyz[0], height, width)
         with comfy.on_compute_device(vae):
             condition = encode_condition(vae, picture, init, length, progress=False)
         conditioning = Conditioning(
             condition=condition, prompt_embeds=text_embeds(positive), image_embeds=image_embeds(clip_vision_output),
             negative_prompt_embeds=text_embeds(negative) if negative is not None else None)
-        settings = SamplingSettings(num_inference_steps=steps, guidance_scale=cfg, flow_shift=shift,
-                                    sampler=scheduler, seed=seed)
         progress = comfy.Progress(steps, unique_id)
         transformer = sampling_transformer(model.transformer, model.memory, steps)  # the step cache, when on
         with comfy.transformer_on_compute_device(model) as device:

@@ -196,7 +196,7 @@ def main() -> int:
     torch.set_grad_enabled(False)
 
     from fourdnex_core.comfy_types import text_embeds
-    from fourdnex_core.pipeline import WAN_NEGATIVE_PROMPT
+    from fourdnex_core.presets import WAN_NEGATIVE_PROMPT
 
     table: list[dict] = []
     prompts = {**PROMPTS, "Wan negative (zh)": WAN_NEGATIVE_PROMPT}

@@ -184,6 +184,22 @@ def test_sampler_accepts_core_types_and_is_seeded(models, image):
     (init, _) = call("FourDNeXXYZInit", width=WIDTH, height=HEIGHT)
     (third,) = call("FourDNeXSampler", **kwargs, xyz_init=init)
     assert torch.equal(first["samples"], third["samples"])  # the default init is the sloped plane
+    (wider, _) = call("FourDNeXXYZInit", width=2 * WIDTH, height=HEIGHT)  # resampled to the video size
+    (fourth,) = call("FourDNeXSampler", **kwargs, xyz_init=wider)
+    torch.testing.assert_close(fourth["samples"], first["samples"], atol=1e-5, rtol=0)
+
+
+def test_sampler_keeps_the_aspect_of_the_image_by_default(models):
+    # A square picture at the area of 48 x 32 is 32 x 32 (round(sqrt(1536)) = 39, floored to 32); "crop" fills 48 x 32.
+    model, vae, _, _ = models
+    square = torch.rand(1, 50, 50, 3, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(model=model, vae=vae, positive=conditioning(torch.zeros(1, 4, 32)),
+                  clip_vision_output=ClipVisionOutput(torch.zeros(1, 257, 24)), image=square, width=WIDTH,
+                  height=HEIGHT, length=FRAMES, steps=1, cfg=1.0, shift=3.0, scheduler="unipc", seed=0)
+    (area,) = call("FourDNeXSampler", **kwargs)
+    (cropped,) = call("FourDNeXSampler", **kwargs, resize="crop")
+    assert area["samples"].shape[-2:] == (32 // 8, 2 * 32 // 8)
+    assert cropped["samples"].shape[-2:] == (HEIGHT // 8, 2 * WIDTH // 8)
 
 
 def test_sampler_errors_tell_what_to_do(models, image):
@@ -193,9 +209,12 @@ def test_sampler_errors_tell_what_to_do(models, image):
                 height=HEIGHT, steps=1, cfg=1.0, shift=3.0, scheduler="euler", seed=0)
     with pytest.raises(ValueError, match="use 5 or 9"):
         call("FourDNeXSampler", **base, length=6)
-    (init, _) = call("FourDNeXXYZInit", width=64, height=HEIGHT)
-    with pytest.raises(ValueError, match="same width and height"):
-        call("FourDNeXSampler", **base, length=FRAMES, xyz_init=init)
+    with pytest.raises(ValueError, match="cfg 5.0 needs a negative prompt.*empty text.*'negative'"):
+        call("FourDNeXSampler", **{**base, "cfg": 5.0}, length=FRAMES)  # no silent sampling without guidance
+    with pytest.raises(ValueError, match="area, crop, stretch"):
+        call("FourDNeXSampler", **base, length=FRAMES, resize="fill")
+    with pytest.raises(ValueError, match="release, diffusers"):
+        call("FourDNeXSampler", **base, length=FRAMES, schedule="karras")
     with pytest.raises(ValueError, match="not a 4DNeX wide latent"):
         call("FourDNeXDecode", vae=vae, samples={"samples": torch.zeros(1, 4, 8, 8)})
 

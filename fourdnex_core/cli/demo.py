@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     args.models, args.lora = tiny.comfy_models, tiny.comfy_lora
     for name in ("transformer", "vae", "text_encoder", "clip_vision", "tokenizer", "domain_embeddings"):
         setattr(args, name, None)
-    args.lora_strength = 1.0
+    args.lora_strength = None  # the preset's
     result = generate(args, model_locations(args))
     write_outputs(args.out, result, run_settings(args, result, time.perf_counter() - start), args.fps)
     print(f"demo done: {args.out}/rgb.mp4, xyz.mp4, scene.npz, run.json (tiny random weights from {tiny.root})")

@@ -15,11 +15,13 @@ import torch
 from ..image_io import load_image
 from ..devices import DTYPES, resolve_device, resolve_dtype
 from ..model_set import ModelLocations, load_pipeline
-from ..pipeline import WAN_NEGATIVE_PROMPT, GenerationResult
+from ..image_io import RESIZE_MODES, generation_size
+from ..pipeline import GenerationResult
+from ..presets import PRESETS, negative_prompt_text
 from ..representation import check_video_size, xyz_to_pixels
 from ..sampler import SamplingSettings
 from ..scene_file import Scene, save_scene
-from ..schedulers import DEFAULT_FLOW_SHIFT, SAMPLERS
+from ..schedulers import SAMPLERS, SCHEDULES
 from ..video_io import frame_to_uint8, write_video
 from .memory_args import add_memory_arguments, embedding_cache, memory_options
 
@@ -36,8 +38,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lora", type=Path, help="4DNeX LoRA file, or the released folder "
                        "(pytorch_lora_weights.safetensors + learnable_domain_embeddings.pt)")
     group.add_argument("--domain-embeddings", type=Path, help="learnable_domain_embeddings.pt (if not beside the LoRA)")
-    group.add_argument("--lora-strength", type=float, default=1.0,
-                       help="1.0 = the LoRA's training scale (the release's fuse at 0.5)")
+    group.add_argument("--lora-strength", type=float,
+                       help="1.0 = the LoRA's training scale (the release's fuse at 0.5); default: the preset's")
 
 
 def model_locations(args: argparse.Namespace) -> ModelLocations:
@@ -59,19 +61,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    """Prompt, size and sampler options (shared with ``fourdnex demo``)."""
-    group = parser.add_argument_group("generation")
+    """Prompt, size and sampler options (shared with ``fourdnex demo``). The options left out take
+    the ``--preset``'s value (:func:`apply_preset`)."""
+    group = parser.add_argument_group("generation (unset options take the preset's value)")
+    group.add_argument("--preset", choices=tuple(PRESETS), default="release",
+                       help="release: exactly the 4DNeX release's call (49 frames, 480x720 area, 50 UniPC steps, "
+                            "CFG 5 against the empty negative, seed 42); fast: 9 frames at 368x240, 20 steps")
     group.add_argument("--prompt", default="", help="text description of the scene")
-    group.add_argument("--negative-prompt", default=WAN_NEGATIVE_PROMPT, help="CFG negative prompt (Wan's default)")
+    group.add_argument("--negative-prompt", help="CFG negative prompt; the release's is empty (\"\"); "
+                       "'wan' gives Wan2.1's default negative prompt")
     group.add_argument("--no-pointmap-style", action="store_true", help="do not append ' POINTMAP_STYLE.' to the prompt")
-    group.add_argument("--frames", type=int, default=49, help="number of frames, 4k+1 (default 49)")
-    group.add_argument("--height", type=int, default=480, help="frame height per modality, multiple of 16")
-    group.add_argument("--width", type=int, default=720, help="frame width per modality, multiple of 16")
-    group.add_argument("--steps", type=int, default=50, help="denoising steps")
-    group.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (1 disables)")
-    group.add_argument("--seed", type=int, default=42)
-    group.add_argument("--shift", type=float, default=DEFAULT_FLOW_SHIFT, help="flow shift (Wan 480p: 3.0)")
-    group.add_argument("--sampler", choices=SAMPLERS, default="unipc")
+    group.add_argument("--frames", type=int, help="number of frames, 4k+1 (release: 49)")
+    group.add_argument("--height", type=int, help="frame height per modality, multiple of 16 (release: 480)")
+    group.add_argument("--width", type=int, help="frame width per modality, multiple of 16 (release: 720)")
+    group.add_argument("--resize", choices=RESIZE_MODES,
+                       help="area: keep the image's aspect ratio at the area height x width, as the release "
+                            "(a square image gives 576x576); crop: cover height x width and centre-crop; "
+                            "stretch: exactly height x width")
+    group.add_argument("--steps", type=int, help="denoising steps (release: 50)")
+    group.add_argument("--cfg", type=float, help="classifier-free guidance scale (release: 5; 1 skips the negative)")
+    group.add_argument("--seed", type=int, help="noise seed (release: 42)")
+    group.add_argument("--shift", type=float, help="flow shift (Wan 480p and the release: 3.0)")
+    group.add_argument("--sampler", choices=SAMPLERS, help="release: unipc")
+    group.add_argument("--schedule", choices=SCHEDULES,
+                       help="release: diffusers 0.34's flow sigmas, what the release ran; diffusers: those of "
+                            "diffusers >= 0.37")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
     group.add_argument("--precision", choices=("auto", *DTYPES), default="auto",
                        help="auto: bf16 on CUDA, fp32 on CPU")
@@ -102,6 +116,7 @@ def run_settings(args: argparse.Namespace, result: GenerationResult, seconds: fl
     settings["prompt_used"] = result.prompt
     settings["device_used"] = result.device
     settings["precision_used"] = result.dtype
+    settings["size_used"] = list(result.rgb.shape[1:3])  # [height, width] per modality, after --resize
     settings["seconds"] = round(seconds, 2)
     versions = {"fourdnex": metadata.version("comfyui-4dnex"), "python": platform.python_version()}
     versions.update({name: metadata.version(name) for name in VERSIONED_PACKAGES})
@@ -109,17 +124,31 @@ def run_settings(args: argparse.Namespace, result: GenerationResult, seconds: fl
     return settings
 
 
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the generation options left unset from ``args.preset`` (explicit ones win) and spell a
+    named negative prompt out, in place, so run.json records what ran."""
+    preset = PRESETS[args.preset]
+    for name in ("frames", "height", "width", "resize", "steps", "cfg", "shift", "sampler", "schedule", "seed",
+                 "negative_prompt", "lora_strength"):
+        if getattr(args, name, None) is None:
+            setattr(args, name, getattr(preset, name))
+    args.negative_prompt = negative_prompt_text(args.negative_prompt)
+    return args
+
+
 def generate(args: argparse.Namespace, locations: ModelLocations) -> GenerationResult:
+    apply_preset(args)
     check_video_size(args.frames, args.height, args.width)
+    settings = SamplingSettings(num_inference_steps=args.steps, guidance_scale=args.cfg, flow_shift=args.shift,
+                                sampler=args.sampler, seed=args.seed, schedule=args.schedule)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
     image = load_image(args.image)
+    generation_size(image.height, image.width, args.height, args.width, args.resize)  # refused before loading
     pipeline = load_pipeline(locations, device=device, dtype=dtype, lora_strength=args.lora_strength,
                              memory=memory_options(args, device), embedding_cache=embedding_cache(args))
-    settings = SamplingSettings(num_inference_steps=args.steps, guidance_scale=args.cfg, flow_shift=args.shift,
-                                sampler=args.sampler, seed=args.seed)
-    return pipeline(image, args.prompt, negative_prompt=args.negative_prompt or None, num_frames=args.frames,
-                    height=args.height, width=args.width, settings=settings,
+    return pipeline(image, args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames,
+                    height=args.height, width=args.width, resize=args.resize, settings=settings,
                     pointmap_style=not args.no_pointmap_style)
 
 

@@ -86,7 +86,7 @@ def is_cached(path: Path, expected_fingerprint: str) -> bool:
 
 
 def read_cached_clip(path: Path) -> CachedClip:
-    """Load one cache file (CPU tensors, as stored)."""
+    """Load one cache file (CPU tensors, as stored); a file holding NaN or infinite values is refused."""
     metadata = read_metadata(path)
     if metadata is None:
         raise ValueError(f"{path} is not a 4DNeX training cache file; run `fourdnex-train prepare` to (re)write it.")
@@ -95,15 +95,29 @@ def read_cached_clip(path: Path) -> CachedClip:
         if missing:
             raise ValueError(f"{path} lacks {missing}; delete it and run `fourdnex-train prepare` again.")
         tensors = {key: handle.get_tensor(key) for key in TENSORS}
+    broken = [key for key, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise ValueError(f"{path} holds NaN or infinite values in {', '.join(broken)} (its clip's frames or point "
+                         "maps, or the encoders that prepared it); delete it and run `fourdnex-train prepare` again, "
+                         "or drop the clip.")
     return CachedClip(name=metadata["name"], metadata=metadata, **tensors)
 
 
 def list_cache(cache_dir: str | Path) -> list[Path]:
-    """Every cache file in ``cache_dir`` (sorted); temporary files of interrupted writes are ignored."""
+    """Every cache file in ``cache_dir`` (sorted); temporary files of interrupted writes (hidden
+    ``.partial`` files) are ignored. A ``.safetensors`` file that is not a readable cache file
+    (truncated, corrupt, another kind of file) is an error naming it: training on the others
+    would silently change the data and the data order."""
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         raise FileNotFoundError(f"No cache folder {cache_dir}; run `fourdnex-train prepare CONFIG` first.")
-    files = [path for path in sorted(cache_dir.glob("*.safetensors")) if read_metadata(path) is not None]
-    if not files:
+    candidates = [path for path in sorted(cache_dir.glob("*.safetensors")) if not path.name.startswith(".")]
+    unreadable = [path.name for path in candidates if read_metadata(path) is None]
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else "")
+        raise ValueError(f"{cache_dir} holds {len(unreadable)} file(s) that are not readable training cache files "
+                         f"({shown}): truncated, corrupt or another kind of file. Run `fourdnex-train prepare "
+                         "CONFIG` again (it rewrites only those clips), or move the files out of the folder.")
+    if not candidates:
         raise ValueError(f"{cache_dir} holds no prepared clips; run `fourdnex-train prepare CONFIG` first.")
-    return files
+    return candidates

@@ -122,7 +122,16 @@ def write_trained_lora(path: Path, transformer: nn.Module, metadata: Mapping[str
                          "without an extension.")
     tensors, format_metadata = to_fourdnex_state_dict(trained_lora_layers(transformer),
                                                       transformer.domain_embeddings.detach().float().cpu())
+    _check_finite(tensors, path)
     return save_tensors(path, tensors, {**metadata, **format_metadata})
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse to write a LoRA holding NaN or infinite values (naming the first tensors)."""
+    broken = [name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise ValueError(f"Not writing {path}: {len(broken)} of its tensors hold NaN or infinite values "
+                         f"({', '.join(broken[:3])}). Training diverged; lower [optim] lr and train again.")
 
 
 def write_diffusers_lora(folder: Path, transformer: nn.Module, *, rank: int, alpha: float,
@@ -134,8 +143,10 @@ def write_diffusers_lora(folder: Path, transformer: nn.Module, *, rank: int, alp
     for layer in trained_lora_layers(transformer):
         tensors[f"transformer.{layer.module}.lora_A.weight"] = layer.down.contiguous()
         tensors[f"transformer.{layer.module}.lora_B.weight"] = layer.up.contiguous()
+    domain_embeddings = transformer.domain_embeddings.detach().float().cpu().clone()
+    _check_finite({**tensors, DOMAIN_EMBEDDINGS: domain_embeddings}, folder)
     adapter = {"r": rank, "lora_alpha": alpha, "target_modules": list(target_modules)}
     save_tensors(folder / RELEASED_LORA_FILE, tensors, {"lora_adapter_metadata": json.dumps(adapter)})
     with atomic_path(folder / RELEASED_DOMAIN_EMBEDDINGS_FILE) as temporary:
-        torch.save(transformer.domain_embeddings.detach().float().cpu().clone(), temporary)
+        torch.save(domain_embeddings, temporary)
     return folder

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -57,6 +58,11 @@ from train.samples import generate_samples
 logger = logging.getLogger(__name__)
 
 _SEED_MIX = 1_000_003
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradients became NaN or infinite; nothing of the diverged step was applied
+    or written (the message names the step, the clips and the likely cause)."""
 
 
 @dataclasses.dataclass
@@ -228,11 +234,16 @@ class Trainer:
             with sync:
                 loss, sigma = flow_matching_loss(self.model, batch, self.sampling, generator,
                                                  autocast_dtype=self.autocast)
+                if not torch.isfinite(loss.detach()):
+                    raise self._diverged(f"the loss is {float(loss.detach())}", index)
                 (loss / accumulation).backward()
             loss_total += float(loss.detach()) / accumulation
             sigma_total += float(sigma.mean()) / accumulation
         max_norm = self.config.optim.max_grad_norm or float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
+        if not math.isfinite(grad_norm):
+            raise self._diverged(f"the gradient norm is {grad_norm} (the loss was {loss_total:.4g})",
+                                 self.step * accumulation + accumulation - 1)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -241,6 +252,20 @@ class Trainer:
         if self._distributed:
             loss_total = float(self.accelerator.reduce(torch.tensor(loss_total, device=self.device), "mean"))
         return {"loss": loss_total, "lr": lr, "grad_norm": grad_norm, "sigma_mean": sigma_total}
+
+    def _diverged(self, what: str, micro_index: int) -> TrainingDivergedError:
+        """The error for a non-finite step: which step and clips, the likely causes, what is kept."""
+        clips = [self.files[i].stem for i in self.dataset.clip_indices(micro_index)]
+        latest = self.checkpoints.latest()
+        kept = (f"the checkpoint {latest} is intact (if the loss was rising before it, resume from an earlier one "
+                "with [checkpoint] resume = PATH, or start over with resume = \"none\")"
+                if latest is not None else "no checkpoint was written yet")
+        lr = self.scheduler.get_last_lr()[0]
+        return TrainingDivergedError(
+            f"Training diverged at step {self.step + 1}: {what} (clips {', '.join(clips)}). Likely cause: the "
+            f"learning rate {lr:.3g} is too high for this run (lower [optim] lr, e.g. to {lr / 10:.3g}, or raise "
+            "warmup_steps / set max_grad_norm), or those clips' data is broken (check them, or prepare them "
+            f"again). Nothing of this step was applied and no LoRA was written; {kept}.")
 
     def train(self, *, progress: bool | None = None) -> TrainResult:
         """Resume if configured, train to ``max_steps``, write the LoRA; returns the result."""

@@ -230,7 +230,8 @@ def scene_from(point_maps: PointMaps, cameras: Cameras | None = None) -> Scene:
 
 def point_maps_from_scene(scene: Scene) -> tuple[PointMaps, Cameras | None]:
     """The point maps of a loaded scene (its raw XYZ) and its cameras when post-optimization ran."""
-    mask = torch.from_numpy(scene.mask) if scene.mask is not None else None
+    points = scene.point_mask()
+    mask = torch.from_numpy(points) if points is not None else None
     maps = PointMaps(xyz=torch.from_numpy(scene.xyz).float(), rgb=torch.from_numpy(scene.rgb).float() / 255.0,
                      mask=mask)
     if scene.K is None or scene.cams2world is None or scene.depth is None:

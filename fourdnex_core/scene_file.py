@@ -1,24 +1,33 @@
 """The ``scene.npz`` file: one generated 4D scene, written and read without pickle.
 
-Arrays (F frames of H x W pixels per modality):
+Arrays (F frames of H x W pixels per modality). Inputs, as generated or supplied, which no
+analysis step ever changes:
 
 ============  ==================  ========================================================
 key           shape / dtype       meaning
 ============  ==================  ========================================================
 rgb           [F, H, W, 3] uint8  RGB frames
 xyz           [F, H, W, 3] f32    point maps in scene units (first camera's frame)
-depth         [F, H, W] f32       per-pixel depth along the camera z axis (post-opt)
-K             [3, 3] f32          shared intrinsics, OpenCV convention (post-opt)
-cams2world    [F, 4, 4] f32       camera-to-world transforms, OpenCV convention (post-opt)
-mask          [F, H, W] bool      valid points (finite, confident)
-residuals     [F] f32             post-optimization fit error per frame (scene units)
+mask          [F, H, W] bool      optional validity from the producer or the user (False
+                                  drops a point: known sky, a bad region)
 confidence    [F, H, W] f32       optional per-point confidence >= 0 (0 or NaN: invalid);
                                   weights post-optimization, filters point clouds
 ============  ==================  ========================================================
 
-Only ``rgb`` and ``xyz`` are required; the rest appear once post-optimization has run, and
-``confidence`` when the producer of the point maps supplies one. Reading checks each array's
-shape and dtype (``rgb`` uint8, ``mask`` bool, the rest floating point).
+Derived by post-optimization (``fourdnex postopt`` rewrites all of them on every run, from the
+inputs above, so a run with other settings starts from the same points):
+
+============  ==================  ========================================================
+depth         [F, H, W] f32       per-pixel depth along the camera z axis (0: not used)
+K             [3, 3] f32          shared intrinsics, OpenCV convention
+cams2world    [F, 4, 4] f32       camera-to-world transforms, OpenCV convention
+residuals     [F] f32             post-optimization fit error per frame (scene units)
+valid         [F, H, W] bool      the points the fit used: finite xyz, inside ``mask``,
+                                  confidence at least that run's threshold
+============  ==================  ========================================================
+
+Only ``rgb`` and ``xyz`` are required. Reading checks each array's shape and dtype (``rgb``
+uint8, ``mask`` and ``valid`` bool, the rest floating point).
 """
 
 from __future__ import annotations
@@ -30,9 +39,10 @@ import numpy as np
 
 from fourdnex_core.atomic_write import atomic_path
 
-_OPTIONAL = ("depth", "K", "cams2world", "mask", "residuals", "confidence")
 _DTYPES = {"rgb": np.uint8, "xyz": np.float32, "depth": np.float32, "K": np.float32,
-           "cams2world": np.float32, "mask": np.bool_, "residuals": np.float32, "confidence": np.float32}
+           "cams2world": np.float32, "mask": np.bool_, "residuals": np.float32, "confidence": np.float32,
+           "valid": np.bool_}
+_BOOL = ("mask", "valid")
 
 
 @dataclasses.dataclass
@@ -47,6 +57,7 @@ class Scene:
     mask: np.ndarray | None = None
     residuals: np.ndarray | None = None
     confidence: np.ndarray | None = None
+    valid: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.rgb.ndim != 4 or self.rgb.shape[-1] != 3:
@@ -57,7 +68,8 @@ class Scene:
             )
         frames, height, width, _ = self.rgb.shape
         expected = {"depth": (frames, height, width), "K": (3, 3), "cams2world": (frames, 4, 4),
-                    "mask": (frames, height, width), "residuals": (frames,), "confidence": (frames, height, width)}
+                    "mask": (frames, height, width), "residuals": (frames,), "confidence": (frames, height, width),
+                    "valid": (frames, height, width)}
         for key, shape in expected.items():
             value = getattr(self, key)
             if value is not None and tuple(value.shape) != shape:
@@ -66,6 +78,13 @@ class Scene:
     @property
     def num_frames(self) -> int:
         return self.rgb.shape[0]
+
+    def point_mask(self) -> np.ndarray | None:
+        """[F, H, W] bool: the points to show (``mask`` and, after post-optimization, ``valid``), or
+        None when the scene has neither."""
+        if self.mask is None or self.valid is None:
+            return self.valid if self.mask is None else self.mask
+        return self.mask & self.valid
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The scene's arrays by key, in their file dtypes, optional ones only when set."""
@@ -121,9 +140,9 @@ def _check_dtypes(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise ValueError(f"{path}: rgb must be uint8 [F, H, W, 3] with values 0..255, got {rgb.dtype}. Convert it "
                          f"to uint8 0..255 ({fix}) and save the scene again.")
     for key, value in arrays.items():
-        if key == "mask" and value.dtype != np.bool_:
-            raise ValueError(f"{path}: mask must be bool (True = valid point), got {value.dtype}; save "
-                             "mask.astype(bool), or a float confidence map as 'confidence'.")
-        if key not in ("rgb", "mask") and not np.issubdtype(value.dtype, np.floating):
+        if key in _BOOL and value.dtype != np.bool_:
+            raise ValueError(f"{path}: {key} must be bool (True = valid point), got {value.dtype}; save "
+                             f"{key}.astype(bool), or a float confidence map as 'confidence'.")
+        if key not in ("rgb", *_BOOL) and not np.issubdtype(value.dtype, np.floating):
             raise ValueError(f"{path}: {key} must be floating point (float32), got {value.dtype}; save "
                              f"{key}.astype(np.float32).")

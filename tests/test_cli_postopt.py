@@ -31,8 +31,9 @@ def test_postopt_adds_cameras_depth_and_residuals(scene_dir, capsys):
     angles = rotation_angle_degrees(torch.from_numpy(written.cams2world[:, :3, :3]).double(),
                                     truth.cams2world[:, :3, :3].double())
     assert float(angles.max()) < 0.01
-    np.testing.assert_array_equal(written.mask, truth.valid.numpy())
-    valid = written.mask
+    np.testing.assert_array_equal(written.valid, truth.valid.numpy())
+    assert written.mask is None  # an input array: postopt never adds or changes it
+    valid = written.valid
     np.testing.assert_allclose(written.depth[valid], truth.depth.numpy()[valid], rtol=1e-3)
     output = capsys.readouterr().out
     assert f"post-optimized {FRAMES} frames of {HEIGHT}x{WIDTH}" in output and "fx" in output
@@ -47,8 +48,9 @@ def test_existing_mask_is_respected(scene_dir):
     save_scene(Scene(rgb=scene.rgb, xyz=scene.xyz, mask=mask), directory / "scene.npz")
     assert main(["postopt", str(directory)]) == 0
     written = load_scene(directory / "scene.npz")
-    np.testing.assert_array_equal(written.mask, mask & truth.valid.numpy())
-    assert (written.depth[~written.mask] == 0).all()
+    np.testing.assert_array_equal(written.valid, mask & truth.valid.numpy())
+    np.testing.assert_array_equal(written.mask, mask)
+    assert (written.depth[~written.valid] == 0).all()
 
 
 def test_known_focal_and_free_principal_point_options(scene_dir):
@@ -79,12 +81,32 @@ def test_scene_confidence_weights_points_and_min_confidence_drops_them(tmp_path)
     assert main(["postopt", str(path)]) == 0
     written = load_scene(path)
     np.testing.assert_array_equal(written.confidence, confidence)
-    np.testing.assert_array_equal(written.mask, confidence > 0)
+    np.testing.assert_array_equal(written.valid, confidence > 0)
     angles = rotation_angle_degrees(torch.from_numpy(written.cams2world[:, :3, :3]).double(),
                                     truth.cams2world[:, :3, :3].double())
     assert float(angles.max()) < 0.5
     assert main(["postopt", str(path), "--min-confidence", "0.5"]) == 0
-    np.testing.assert_array_equal(load_scene(path).mask, confidence >= 0.5)
+    np.testing.assert_array_equal(load_scene(path).valid, confidence >= 0.5)
+
+
+def test_points_dropped_by_one_run_come_back_in_the_next(tmp_path):
+    """postopt changes only derived arrays: the inputs are byte-identical after any number of runs."""
+    truth = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, seed=5)
+    confidence = np.random.default_rng(0).uniform(0.0, 1.0, (FRAMES, HEIGHT, WIDTH)).astype(np.float32)
+    mask = np.ones((FRAMES, HEIGHT, WIDTH), bool)
+    mask[:, -2:] = False
+    path = tmp_path / "scene.npz"
+    save_scene(dataclasses.replace(truth.to_scene_file(), confidence=confidence, mask=mask), path)
+    inputs = {key: value.copy() for key, value in load_scene(path).arrays().items()}
+    assert main(["postopt", str(path), "--min-confidence", "0.9"]) == 0
+    strict = load_scene(path)
+    assert strict.valid.sum() < 0.15 * strict.valid.size
+    assert main(["postopt", str(path)]) == 0
+    again = load_scene(path)
+    np.testing.assert_array_equal(again.valid, mask & (confidence > 0) & truth.valid.numpy())
+    assert (again.depth[again.valid] > 0).all()  # the dropped points have depth again
+    for key, value in inputs.items():
+        np.testing.assert_array_equal(getattr(again, key), value, err_msg=key)
 
 
 def test_min_confidence_without_a_confidence_array_is_an_error(scene_dir, capsys):

@@ -2,7 +2,9 @@
 
 ``DIR`` may also be the path of the ``.npz`` file itself. The scene's ``confidence`` array, when
 present, weights each point (and its ``mask`` still drops points); ``--min-confidence`` drops
-points below a threshold.
+points below a threshold. Only the derived arrays (depth, K, cams2world, residuals, valid) are
+written; the inputs (rgb, xyz, mask, confidence) are never changed, so every run starts from the
+same points whatever an earlier run dropped.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "postopt",
         help="recover cameras, intrinsics and depth from a scene's XYZ",
         description="Read DIR/scene.npz, fit one pinhole K, a camera per frame and a depth per pixel to its XYZ "
-                    "(paper eq. 9-10), and write depth, K, cams2world, mask and residuals back into the file. "
-                    "The scene's confidence array, when present, weights the points.",
+                    "(paper eq. 9-10), and write depth, K, cams2world, residuals and valid (the points used) into the "
+                    "file; its rgb, xyz, mask and confidence are never changed, so it can run again with other "
+                    "settings. The scene's confidence array, when present, weights the points.",
     )
     parser.add_argument("directory", type=Path, metavar="DIR",
                         help=f"folder holding {SCENE_FILE} (written by `fourdnex generate`), or the .npz file")
@@ -104,7 +107,7 @@ def _with_cameras(scene: Scene, result: PostOptResult) -> Scene:
         depth=result.depth.numpy(),
         K=result.K.numpy(),
         cams2world=result.cams2world.numpy(),
-        mask=result.valid.numpy(),
+        valid=result.valid.numpy(),
         residuals=result.residuals.numpy(),
     )
 
@@ -118,4 +121,4 @@ def _print_summary(result: PostOptResult, elapsed: float, path: Path) -> None:
     print(f"  median point error per frame: {float(residuals.median()):.4g} "
           f"(range {float(residuals.min()):.4g} .. {float(residuals.max()):.4g}, scene units)")
     print(f"  points left out (non-finite or masked): {int(result.num_invalid.sum())}")
-    print(f"  wrote depth, K, cams2world, mask, residuals to {path}")
+    print(f"  wrote depth, K, cams2world, residuals, valid to {path} (its rgb, xyz, mask, confidence unchanged)")

@@ -141,8 +141,10 @@ def confidence_within_mask(confidence: np.ndarray, mask: np.ndarray | None) -> n
 
 def frame_mask(scene: Scene, index: int) -> np.ndarray | None:
     """Frame ``index``'s mask [H, W]: its confidence (0 outside the validity mask) when the scene
-    has a confidence map, else its bool validity mask, else None."""
-    mask = scene.mask[index] if scene.mask is not None else None
+    has a confidence map, else its bool validity mask, else None. The validity mask is the
+    scene's ``mask`` and, after post-optimization, its ``valid`` (:meth:`Scene.point_mask`)."""
+    points = scene.point_mask()
+    mask = points[index] if points is not None else None
     if scene.confidence is None:
         return mask
     return confidence_within_mask(scene.confidence[index], mask)

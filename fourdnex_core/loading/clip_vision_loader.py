@@ -30,6 +30,7 @@ from .locate import ModelSource, as_source
 from .safetensors_io import (
     SafetensorsHeader,
     assign_state_dict,
+    check_finite,
     iter_tensors,
     read_component_metadata,
     read_header,
@@ -110,6 +111,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: torch.device) -> CLIP
             "pass the image_encoder/ folder of Wan2.1-I2V-14B-480P-Diffusers"
         )
     model = CLIPVisionModel.from_pretrained(folder, dtype=dtype, device_map={"": str(device)}, local_files_only=True)
+    check_finite(model.state_dict(), folder)
     logger.info("loaded image encoder from %s (%s)", folder, dtype)
     return model.eval()
 

@@ -50,7 +50,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from fourdnex_core.loading.safetensors_io import read_header
+from fourdnex_core.loading.safetensors_io import check_finite, read_header
 from fourdnex_core.loading.wan_keys import diffusers_to_original, original_to_diffusers, strip_original_prefix
 from fourdnex_core.lora.domain_embeddings import check_domain_embeddings
 
@@ -171,6 +171,7 @@ def read_safetensors(path: str | PathLike) -> tuple[dict[str, torch.Tensor], dic
     with safe_open(str(path), framework="pt", device="cpu") as handle:
         metadata = dict(handle.metadata() or {})
         state_dict = {key: handle.get_tensor(key) for key in handle.keys()}
+    check_finite(state_dict, path)
     return state_dict, metadata
 
 

@@ -17,7 +17,7 @@ import torch
 
 from .loading.clip_vision_loader import load_clip_vision
 from .loading.locate import locate
-from .loading.text_encoder_loader import load_text_encoder
+from .loading.text_encoder_loader import load_text_encoder, text_encoder_precision
 from .loading.transformer_loader import load_transformer
 from .loading.vae_loader import load_vae
 from .lora import (
@@ -163,8 +163,13 @@ def load_pipeline(
     fuse_lora_weights: bool = True,
     memory: LowVramOptions | None = None,
     embedding_cache: EmbeddingCache | None = None,
+    text_encoder_dtype: torch.dtype | str | None = None,
 ) -> FourDNeXPipeline:
     """Load every component for ``device`` in ``dtype`` (the VAE stays fp32 on CPU) and apply the LoRA.
+
+    ``text_encoder_dtype`` (default: ``dtype``) may be ``"auto"``, which never widens a 16-bit
+    or fp8 text encoder file to fp32 on the CPU (see
+    :func:`~fourdnex_core.loading.text_encoder_loader.text_encoder_precision`).
 
     ``memory`` (:class:`~fourdnex_core.lowvram.LowVramOptions`, default: everything resident) prepares
     the transformer (fp8, attention, block swap, compile; it is loaded to CPU memory first when blocks
@@ -179,6 +184,8 @@ def load_pipeline(
     memory = memory or LowVramOptions()
     device = torch.device(device)
     sources = {name: locations.source(name) for name in ("transformer", "vae", "text_encoder", "clip_vision")}
+    text_dtype = text_encoder_precision(dtype if text_encoder_dtype is None else text_encoder_dtype, device,
+                                        sources["text_encoder"])
     check_attention_backend(memory.attention, device)  # a missing kernel package fails before anything loads
     resident = memory.offload == OffloadPolicy.KEEP.value
     staging = device if resident and memory.blocks_to_swap == 0 and memory.fp8 == "off" else torch.device("cpu")
@@ -200,7 +207,7 @@ def load_pipeline(
         transformer=transformer, vae=None, text_encoder=None, tokenizer=None, image_encoder=None,
         image_processor=None, memory=memory, block_swap=block_swap, embedding_cache=embedding_cache,
         text_encoder_identity=None if embedding_cache is None else file_identity(
-            *filter(None, (sources["text_encoder"].path, locations.tokenizer)), dtype=dtype),
+            *filter(None, (sources["text_encoder"].path, locations.tokenizer)), dtype=text_dtype),
         device=device,
     )
     load_device = device if resident else torch.device("cpu")
@@ -213,7 +220,7 @@ def load_pipeline(
 
     def load_text_component() -> torch.nn.Module:
         model, pipeline.tokenizer = load_text_encoder(sources["text_encoder"].path, tokenizer_path=locations.tokenizer,
-                                                      dtype=dtype, device=load_device)
+                                                      dtype=text_dtype, device=load_device)
         return model
 
     def load_image_component() -> torch.nn.Module:

@@ -37,12 +37,13 @@ from transformers import PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 
 from .detect import IGNORED_SUFFIXES, SCALE_SUFFIX, SCALED_FP8_MARKER, guess_contents, packaged_config
 from .fp8 import FP8Linear, dequantize_fp8, is_fp8_dtype, quantized_linear_from
-from .locate import ModelSource, as_source
+from .locate import ModelSource, as_source, diffusers_weight_files
 from .safetensors_io import (
     SafetensorsHeader,
     SafetensorsReader,
     TensorEntry,
     assign_state_dict,
+    check_finite,
     iter_tensors,
     read_component_metadata,
     read_header,
@@ -74,6 +75,33 @@ def resolve_precision(dtype: torch.dtype | str) -> torch.dtype:
     raise ValueError(f"unsupported precision {dtype!r}; use one of {', '.join(PRECISIONS)} (or the torch dtype)")
 
 
+def text_encoder_precision(name: str | torch.dtype, compute_device: torch.device | str,
+                           source_or_path: ModelSource | str | os.PathLike) -> torch.dtype:
+    """The precision ``name`` means for this text encoder: a named one (``bf16``, ``fp16``, ``fp32``
+    or a dtype) as asked; ``"auto"`` bf16 on a GPU and, on the CPU, fp32 only for a file stored in
+    fp32, else bf16: a 16-bit or fp8 file is never widened to fp32 unless asked (UMT5-XXL takes
+    11 GB in bf16, 22.7 GB in fp32)."""
+    if name != "auto":
+        return resolve_precision(name)
+    if torch.device(compute_device).type != "cpu":
+        return torch.bfloat16
+    return torch.float32 if stored_precision(source_or_path) == torch.float32 else torch.bfloat16
+
+
+def stored_precision(source_or_path: ModelSource | str | os.PathLike) -> torch.dtype | None:
+    """The floating dtype holding most of a text encoder's bytes on disk (from the safetensors
+    headers of the file or folder), or None when it holds no floating tensor."""
+    source = as_source(source_or_path, TEXT_ENCODER_COMPONENT)
+    files = ([source.path] if source.kind == "single_file"
+             else diffusers_weight_files(source.path, TEXT_ENCODER_COMPONENT))
+    totals: dict[torch.dtype, int] = {}
+    for path in files:
+        for entry in read_header(path).entries.values():
+            if entry.dtype.is_floating_point:
+                totals[entry.dtype] = totals.get(entry.dtype, 0) + entry.nbytes
+    return max(totals, key=totals.__getitem__) if totals else None
+
+
 def umt5_xxl_config() -> UMT5Config:
     """The UMT5-XXL encoder config Wan2.1 uses (``configs/umt5_xxl_encoder.json``)."""
     return UMT5Config(**packaged_config(UMT5_XXL_CONFIG_FILE))
@@ -95,7 +123,8 @@ def load_text_encoder(
         tokenizer_path: a tokenizer folder (``spiece.model`` and/or ``tokenizer.json``). For a file
             it is used only when the file embeds no ``spiece_model``; for a diffusers folder it
             replaces the sibling ``tokenizer/``.
-        dtype: precision: bf16, fp16 or fp32 (a ``torch.dtype`` or its short name).
+        dtype: precision: bf16, fp16 or fp32 (a ``torch.dtype`` or its short name); see
+            :func:`text_encoder_precision` for what ``"auto"`` means.
         device: where the weights go.
 
     Returns:
@@ -143,6 +172,7 @@ def _load_from_folder(
         )
     tokenizer = load_tokenizer(tokenizer_dir)
     model = UMT5EncoderModel.from_pretrained(folder, dtype=dtype, device_map={"": str(device)}, local_files_only=True)
+    check_finite(model.state_dict(), folder)
     logger.info("loaded text encoder from %s (%s)", folder, dtype)
     return model.eval(), tokenizer
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,3 +51,25 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def check_output_folder(folder: str | os.PathLike[str], names: Iterable[str], *, overwrite: bool = False) -> Path:
+    """Before a run writes ``names`` into ``folder``: refuse when the folder already holds any of
+    them (an earlier run's results) unless ``overwrite``, then create the folder and prove it
+    writable, so a bad ``--out`` fails before any model loads instead of after the generation.
+
+    Raises:
+        FileExistsError: earlier results are there and ``overwrite`` is False.
+        OSError: the folder cannot be created or written (read-only, a file in the way, ...).
+    """
+    folder = Path(folder)
+    existing = [name for name in names if (folder / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{folder} already holds {', '.join(existing)} from an earlier run; pass --overwrite "
+                              "to replace them (each file is replaced whole, when its new version is complete), "
+                              "or choose another --out.")
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = partial_path(folder / "write-test")
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder

@@ -8,6 +8,7 @@ It returns the wide latent; :mod:`fourdnex_core.decode` turns that into RGB and 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -21,6 +22,13 @@ StepCallback = Callable[[int, int, torch.Tensor], None]
 
 class SamplingCancelled(RuntimeError):
     """Raised when the ``should_cancel`` hook asks the loop to stop."""
+
+
+class NonFiniteLatentError(RuntimeError):
+    """The latent (or an input of the loop) became NaN or infinite; the message says where."""
+
+
+MAX_SEED = 2**64 - 1
 
 
 @dataclasses.dataclass
@@ -43,9 +51,11 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {self.num_inference_steps}.")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1.0 disables CFG), got {self.guidance_scale}.")
-        if self.flow_shift <= 0:
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a number >= 0 (1.0 disables CFG), got {self.guidance_scale}.")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in 0 .. 2**64 - 1, got {self.seed}.")
+        if not (math.isfinite(self.flow_shift) and self.flow_shift > 0):
             raise ValueError(f"flow_shift must be positive, got {self.flow_shift}; Wan2.1 480p uses 3.0, 720p 5.0.")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"Unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
@@ -137,6 +147,8 @@ def sample(
                          "prompt \"\" (the release's negative) or another negative, or set guidance to 1 to "
                          "sample without classifier-free guidance.")
     negative_embeds = conditioning.negative_prompt_embeds.to(device=device, dtype=dtype) if use_cfg else None
+    _check_inputs_finite(condition=condition, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
+                         image_embeds=image_embeds, latents=latents)
 
     scheduler = scheduler_for(settings.sampler, settings.num_inference_steps, settings.flow_shift,
                               settings.schedule, device=device)
@@ -161,6 +173,24 @@ def sample(
             unconditional = velocity(model_input, timestep, negative_embeds)
             prediction = unconditional + settings.guidance_scale * (prediction - unconditional)
         latents = scheduler.step(prediction.float(), t, latents, return_dict=False)[0]
+        if not torch.isfinite(latents).all():  # one sync per step, against a 14B forward
+            raise NonFiniteLatentError(
+                f"The latent became NaN or infinite at step {index + 1} of {len(timesteps)}, from the transformer's "
+                f"prediction (its inputs were finite): its weights or the LoRA hold NaN, or {dtype} overflows "
+                f"(fp16: use bf16), or guidance {settings.guidance_scale} is extreme. Nothing was decoded or written.")
         if on_step is not None:
             on_step(index, len(timesteps), latents)
     return latents
+
+
+def _check_inputs_finite(**tensors: torch.Tensor | None) -> None:
+    """Raise :class:`NonFiniteLatentError` naming the first input of the loop that holds NaN or inf."""
+    sources = {"condition": "the VAE encoding of the image (the VAE's weights or precision)",
+               "prompt_embeds": "the text encoder (its weights or precision)",
+               "negative_prompt_embeds": "the text encoder (its weights or precision)",
+               "image_embeds": "the CLIP vision encoder (its weights or precision)",
+               "latents": "the starting latents given"}
+    for name, tensor in tensors.items():
+        if tensor is not None and not torch.isfinite(tensor).all():
+            raise NonFiniteLatentError(f"The sampler's {name} hold NaN or infinite values, from {sources[name]}; "
+                                       "nothing was sampled.")

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic_write import atomic_path, check_output_folder
 from ..image_io import load_image
 from ..devices import DTYPES, resolve_device, resolve_dtype
+from ..job_size import check_job_fits
+from ..loading.detect import inspect_transformer
 from ..model_set import ModelLocations, load_pipeline
 from ..image_io import RESIZE_MODES, generation_size
 from ..pipeline import GenerationResult
@@ -25,6 +30,7 @@ from ..schedulers import SAMPLERS, SCHEDULES
 from ..video_io import frame_to_uint8, write_video
 from .memory_args import add_memory_arguments, embedding_cache, memory_options
 
+OUTPUT_FILES = ("rgb.mp4", "xyz.mp4", "scene.npz", "run.json")
 VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "peft", "safetensors", "kornia", "numpy")
 
 
@@ -55,6 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                    description="Generate RGB and XYZ videos (a 4D scene) from one image.")
     parser.add_argument("image", type=Path, help="input image (PNG, JPEG, WebP)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an earlier run's {', '.join(OUTPUT_FILES)} in --out (refused without it)")
     add_model_arguments(parser)
     add_generation_arguments(parser)
     return parser
@@ -88,7 +96,7 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
                             "diffusers >= 0.37")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda when available)")
     group.add_argument("--precision", choices=("auto", *DTYPES), default="auto",
-                       help="auto: bf16 on CUDA, fp32 on CPU")
+                       help="auto: bf16 on CUDA, fp32 on CPU (the text encoder: bf16 on CPU unless its file is fp32)")
     group.add_argument("--fps", type=float, default=24.0, help="frame rate of the written videos")
     add_memory_arguments(parser)
 
@@ -101,7 +109,8 @@ def write_outputs(out: Path, result: GenerationResult, settings: dict, fps: floa
     write_video(out / "rgb.mp4", rgb.numpy(), fps)
     write_video(out / "xyz.mp4", xyz_to_pixels(xyz).clamp(0, 1).numpy(), fps)
     save_scene(Scene(rgb=frame_batch_to_uint8(rgb), xyz=xyz.numpy()), out / "scene.npz")
-    (out / "run.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with atomic_path(out / "run.json") as temporary:
+        temporary.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def frame_batch_to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -136,25 +145,47 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def generate(args: argparse.Namespace, locations: ModelLocations) -> GenerationResult:
+def generate(args: argparse.Namespace, locations: ModelLocations,
+             before_loading: Callable[[], None] | None = None) -> GenerationResult:
+    """Validate every setting, then load the models and generate. Everything the arguments alone
+    can show wrong (sizes, sampler settings, fps, LoRA strength, a job too big for the machine, a
+    missing model file, an unreadable image) is refused before any model loads; ``before_loading``
+    runs last before loading (the output folder check)."""
     apply_preset(args)
     check_video_size(args.frames, args.height, args.width)
     settings = SamplingSettings(num_inference_steps=args.steps, guidance_scale=args.cfg, flow_shift=args.shift,
                                 sampler=args.sampler, seed=args.seed, schedule=args.schedule)
+    check_output_settings(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
     image = load_image(args.image)
-    generation_size(image.height, image.width, args.height, args.width, args.resize)  # refused before loading
+    height, width = generation_size(image.height, image.width, args.height, args.width, args.resize)
+    config = inspect_transformer(locations.source("transformer")).config
+    check_job_fits(args.frames, height, width, device=device, dtype=dtype, ffn_dim=config["ffn_dim"],
+                   inner_dim=config["num_attention_heads"] * config["attention_head_dim"])
+    if before_loading is not None:
+        before_loading()
     pipeline = load_pipeline(locations, device=device, dtype=dtype, lora_strength=args.lora_strength,
-                             memory=memory_options(args, device), embedding_cache=embedding_cache(args))
+                             memory=memory_options(args, device), embedding_cache=embedding_cache(args),
+                             text_encoder_dtype=args.precision)
     return pipeline(image, args.prompt, negative_prompt=args.negative_prompt, num_frames=args.frames,
                     height=args.height, width=args.width, resize=args.resize, settings=settings,
                     pointmap_style=not args.no_pointmap_style)
 
 
+def check_output_settings(args: argparse.Namespace) -> None:
+    """The settings the sampler does not see: the video frame rate and the LoRA strength."""
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        raise ValueError(f"--fps must be a positive number, got {args.fps}.")
+    if not math.isfinite(args.lora_strength):
+        raise ValueError(f"--lora-strength must be a finite number, got {args.lora_strength}; 1.0 is the LoRA's "
+                         "training scale.")
+
+
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    result = generate(args, model_locations(args))
+    result = generate(args, model_locations(args),
+                      before_loading=lambda: check_output_folder(args.out, OUTPUT_FILES, overwrite=args.overwrite))
     write_outputs(args.out, result, run_settings(args, result, time.perf_counter() - start), args.fps)
     print(f"wrote {args.out}/rgb.mp4, xyz.mp4, scene.npz, run.json ({result.rgb.shape[0]} frames)")
     return 0

@@ -86,6 +86,24 @@ class Scene:
             return self.valid if self.mask is None else self.mask
         return self.mask & self.valid
 
+    def check_points(self, source: str | Path = "the scene") -> int:
+        """The number of usable points (finite xyz kept by :meth:`point_mask`); a ValueError when
+        there is none or they all sit at one place (an all-NaN or all-zero scene is no result)."""
+        usable = np.isfinite(self.xyz).all(axis=-1)
+        mask = self.point_mask()
+        if mask is not None:
+            usable &= mask
+        count = int(usable.sum())
+        if count == 0:
+            masked = " or masked out" if mask is not None else ""
+            raise ValueError(f"{source} holds no usable point (every xyz is NaN or infinite{masked}): the run that "
+                             "wrote it failed. Generate the scene again.")
+        points = self.xyz[usable]
+        if count > 1 and not (points.max(axis=0) > points.min(axis=0)).any():
+            raise ValueError(f"{source}: all {count} usable points sit at one place {tuple(points[0].tolist())}; "
+                             "the point maps are empty (all zero?). Generate the scene again.")
+        return count
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The scene's arrays by key, in their file dtypes, optional ones only when set."""
         out = {}

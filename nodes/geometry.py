@@ -207,6 +207,7 @@ class FourDNeXSave:
         folder.mkdir(parents=True, exist_ok=True)
         stem = f"{base}_{next_counter(folder, base):05d}_"
         scene, written = point_clouds.scene, []
+        scene.check_points("The scene to save")
         if save_scene:
             written.append(write_scene(scene, folder / f"{stem}.npz"))
         if save_ply:

@@ -141,3 +141,25 @@ def test_cli_errors_name_the_problem(argv, message, scene_dir, points_only_dir, 
     paths = {"raw": points_only_dir, "scene": scene_dir, "missing": tmp_path / "missing", "bad": bad}
     assert main([arg.format(**paths) for arg in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("broken", "message"), [
+    ("nan", "holds no usable point (every xyz is NaN or infinite or masked out)"),
+    ("masked", "holds no usable point (every xyz is NaN or infinite or masked out)"),
+    ("zero", "sit at one place (0.0, 0.0, 0.0)"),
+])
+@pytest.mark.parametrize("command", ["export", "render"])
+def test_an_empty_scene_is_an_error_not_zero_points(tmp_path, capsys, broken, message, command):
+    scene = make_scene()
+    if broken == "nan":
+        scene.xyz[:] = np.nan
+    elif broken == "masked":
+        scene.mask[:] = False
+    else:
+        scene.xyz[:] = 0.0
+        scene.depth, scene.K, scene.cams2world = None, None, None
+        scene.residuals = None
+    save_scene(scene, tmp_path / "scene.npz")
+    assert main([command, str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

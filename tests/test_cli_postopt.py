@@ -128,7 +128,8 @@ def test_reference_solver_runs_from_the_command_line(scene_dir):
         (None, [], "No scene folder"),
         ("empty", [], "No scene file"),
         ("garbage", [], "is not a scene .npz file"),
-        ("all_nan", [], "usable XYZ points"),
+        ("all_nan", [], "holds no usable point (every xyz is NaN or infinite)"),
+        ("all_zero", [], "sit at one place (0.0, 0.0, 0.0)"),
         ("good", ["--reference", "--focal", "100"], "--focal and --robust"),
     ],
 )
@@ -138,10 +139,12 @@ def test_missing_or_malformed_input_gives_a_clear_error(tmp_path, capsys, setup,
         directory.mkdir()
     if setup == "garbage":
         (directory / "scene.npz").write_bytes(b"not a zip file")
-    if setup in ("all_nan", "good"):
+    if setup in ("all_nan", "all_zero", "good"):
         scene = make_synthetic_scene(2, 12, 18, seed=22).to_scene_file()
         if setup == "all_nan":
             scene.xyz[:] = np.nan
+        if setup == "all_zero":
+            scene.xyz[:] = 0.0
         save_scene(scene, directory / "scene.npz")
     assert main(["postopt", str(directory), *arguments]) == 2
     assert message in capsys.readouterr().err

@@ -321,3 +321,10 @@ def test_reference_mode_starts_like_the_release_and_lowers_the_error():
     assert mean_squared_error(trained) < 0.5 * mean_squared_error(start)
     ours = post_optimize(scene.xyz)
     assert float(rotation_errors(ours, scene).max()) < float(rotation_errors(trained, scene).max())
+
+
+def test_flat_point_maps_are_refused_with_a_reason_not_a_linear_algebra_error():
+    xyz = torch.zeros(2, 12, 16, 3)
+    xyz[:, :4] = torch.randn(2, 4, 16, 3)  # a third of the points spread out, the rest at the origin
+    with pytest.raises(ValueError, match=r"sit at one place \(0.0, 0.0, 0.0\).*flat or empty"):
+        post_optimize(xyz, iterations=3)

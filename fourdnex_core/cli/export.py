@@ -91,6 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     source = scene_path(args.scene_dir)
     scene = load_scene(source)
+    scene.check_points(source)
     out = args.out or source.parent / "export"
     has_cameras = scene.K is not None and scene.cams2world is not None
     chosen = args.ply or args.glb or args.cameras

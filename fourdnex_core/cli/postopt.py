@@ -57,6 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     path = scene_path(args.directory)
     scene = load_scene(path)
+    dataclasses.replace(scene, valid=None).check_points(path)  # the inputs, not an earlier run's selection
     xyz = torch.from_numpy(scene.xyz)
     if args.reference and (args.focal is not None or args.robust != "cauchy"):
         raise ValueError("--focal and --robust belong to the default solver; drop them or drop --reference.")

@@ -118,9 +118,10 @@ def _saved_frames(renderings: Iterator[Rendering], directory: Path | None) -> It
 def run(args: argparse.Namespace) -> int:
     source = scene_path(args.scene_dir)
     scene = load_scene(source)
+    scene.check_points(source)
     cameras = trajectory_cameras(args, scene, source)
     width, height = args.width or cameras.width, args.height or cameras.height
-    if args.point_size < 1 or width < 1 or height < 1 or args.fps <= 0:
+    if args.point_size < 1 or width < 1 or height < 1 or not args.fps > 0:
         raise ValueError("--point-size, --width, --height and --fps must be positive.")
     if not all(0.0 <= value <= 1.0 for value in args.background):
         raise ValueError(f"--background takes three values in [0, 1], got {list(args.background)}.")

@@ -291,7 +291,12 @@ def _scene_normalization(points: torch.Tensor, valid: torch.Tensor,
     and the rounding precision of the input points in those units."""
     inside = points[valid]
     centre = inside.median(dim=0).values
-    scale = _length(inside - centre).median().clamp(min=torch.finfo(points.dtype).tiny)
+    spread = _length(inside - centre).median()
+    if not spread > 0:
+        raise ValueError(f"Half or more of the {len(inside)} usable XYZ points sit at one place "
+                         f"{tuple(round(v, 6) for v in centre.tolist())}: the point maps are flat or empty (all "
+                         "zero?), and cameras cannot be fitted to them. Check how the scene was made.")
+    scale = spread.clamp(min=torch.finfo(points.dtype).tiny)
     magnitude = max(float(_length(inside).median() / scale), 1.0)
     return centre, scale, _PRECISION_ULPS * torch.finfo(input_dtype).eps * magnitude
 

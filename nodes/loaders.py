@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fourdnex_core.comfy_types import FourDNeXModel, ImageEncoder, TextEncoder
 from fourdnex_core.loading.clip_vision_loader import load_clip_vision
-from fourdnex_core.loading.text_encoder_loader import load_text_encoder
+from fourdnex_core.loading.text_encoder_loader import load_text_encoder, text_encoder_precision
 from fourdnex_core.loading.transformer_loader import load_transformer
 from fourdnex_core.loading.vae_loader import load_vae
 from fourdnex_core.lowvram import LowVramOptions, apply_model_options, prepare_vae
@@ -107,7 +107,8 @@ class FourDNeXTextEncoderLoader:
             "text_encoder_name": (comfy.filename_list("text_encoders"), {
                 "tooltip": "UMT5-XXL in models/text_encoders (umt5_xxl_fp16 or fp8_e4m3fn_scaled); its "
                            "tokenizer is read from the file."}),
-            "precision": (PRECISIONS, {"default": "auto", "tooltip": "auto: bf16 on a GPU, fp32 on the CPU."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": "auto: bf16 on a GPU; on the CPU bf16 too "
+                                       "unless the file is fp32 (UMT5-XXL: 11 GB in bf16, 22.7 GB in fp32)."}),
         }}
 
     RETURN_TYPES = ("UMT5",)
@@ -117,8 +118,9 @@ class FourDNeXTextEncoderLoader:
     DESCRIPTION = "Loads the UMT5-XXL text encoder and its tokenizer for 4DNeX Text Encode."
 
     def load(self, text_encoder_name, precision):
-        model, tokenizer = load_text_encoder(comfy.full_path("text_encoders", text_encoder_name),
-                                             dtype=comfy.precision(precision), device=comfy.offload_device())
+        path = comfy.full_path("text_encoders", text_encoder_name)
+        model, tokenizer = load_text_encoder(path, dtype=text_encoder_precision(precision, comfy.torch_device(), path),
+                                             device=comfy.offload_device())
         return (TextEncoder(model, tokenizer),)
 
 

@@ -80,3 +80,22 @@ def test_lora_writers_refuse_non_finite_tensors(tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite values"):
         write_diffusers_lora(tmp_path / "diffusers", model, rank=2, alpha=2.0, target_modules=["to_q"])
     assert not (tmp_path / "lora.safetensors").exists() and not list((tmp_path / "diffusers").glob("*"))
+
+
+def test_clip_frames_of_any_image_mode_read_as_rgb_and_a_garbage_frame_is_named(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from train.clip_source import read_video
+
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    Image.fromarray(np.full((4, 6), 128, np.uint8), "L").save(folder / "0000.png")
+    Image.fromarray(np.full((4, 6), 65535, np.uint16)).save(folder / "0001.png")  # 16-bit grayscale
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(folder / "0002.png")
+    frames = read_video(folder)
+    assert frames.shape == (3, 4, 6, 3)
+    torch.testing.assert_close(frames[:, 0, 0], torch.tensor([[128 / 255] * 3, [1.0] * 3, [0.0] * 3]))
+    (folder / "0003.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ValueError, match=r"Cannot read .*0003.png as an image"):
+        read_video(folder)

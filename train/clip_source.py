@@ -16,6 +16,7 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
+from fourdnex_core.image_io import load_image
 from train.pointmaps import RawClip
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _image_frames(folder: Path, frame_ids: list[int] | None) -> list[np.ndarray]
     if not files:
         raise ValueError(f"{folder} holds no {'/'.join(IMAGE_SUFFIXES)} frames.")
     chosen = files if frame_ids is None else [files[i] for i in frame_ids if i < len(files)]
-    return [np.asarray(imageio.imread(p))[..., :3] for p in chosen]
+    return [np.asarray(load_image(p)) for p in chosen]  # any image mode (gray, 16-bit, RGBA) -> uint8 RGB
 
 
 def _video_frames(path: Path, frame_ids: list[int] | None) -> list[np.ndarray]:

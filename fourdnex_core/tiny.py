@@ -60,6 +60,14 @@ TINY_TRANSFORMER_CONFIG = dict(
 )
 # The tiny transformer's embedding inputs when the encoders are full size (UMT5-XXL, ViT-H/14).
 FULL_SIZE_ENCODER_DIMS = dict(text_dim=4096, image_dim=1280)
+# The smallest Wan2.1 I2V that ComfyUI's own model detection takes for one (it reads the width from
+# the weights and fixes heads = width // 128, text width 4096, CLIP width 1280, freq_dim 256): for
+# the native-ComfyUI path (UNETLoader). 2 blocks of width 256, 22 MB in fp32.
+NATIVE_TRANSFORMER_CONFIG = dict(
+    num_attention_heads=2, attention_head_dim=128, in_channels=36, out_channels=16, text_dim=4096, freq_dim=256,
+    ffn_dim=512, num_layers=2, image_dim=1280, added_kv_proj_dim=256, cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads", eps=1e-6,
+)
 TINY_VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                        temperal_downsample=[False, True, True])
 TINY_LORA_RANK = 4
@@ -112,19 +120,27 @@ def _random_release_lora(transformer: WanTransformer3DModel, generator: torch.Ge
     return tensors
 
 
-def make_tiny_models(root: str | Path, *, seed: int = 0, full_size_encoders: bool = False) -> TinyModelSet:
+def make_tiny_models(root: str | Path, *, seed: int = 0, full_size_encoders: bool = False,
+                     native: bool = False) -> TinyModelSet:
     """Build the tiny random-weight set and write it in both layouts under ``root``.
 
     With ``full_size_encoders`` the ComfyUI text encoder and CLIP vision files are full-size
     UMT5-XXL and ViT-H/14 (about 13 GB together, see the module docstring) and the diffusers model
-    folder is skipped.
+    folder is skipped. ``native`` (implies ``full_size_encoders``) also makes every ComfyUI file
+    loadable by ComfyUI's own loaders: the transformer is :data:`NATIVE_TRANSFORMER_CONFIG` and the
+    VAE the full-size Wan2.1 VAE (random, 0.5 GB in fp32), the sizes ``UNETLoader`` and
+    ``VAELoader`` detect.
     """
     tiny = TinyModelSet(Path(root))
+    full_size_encoders = full_size_encoders or native
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    transformer_config = {**TINY_TRANSFORMER_CONFIG, **(FULL_SIZE_ENCODER_DIMS if full_size_encoders else {})}
+    if native:
+        transformer_config = NATIVE_TRANSFORMER_CONFIG
+    else:
+        transformer_config = {**TINY_TRANSFORMER_CONFIG, **(FULL_SIZE_ENCODER_DIMS if full_size_encoders else {})}
     transformer = WanTransformer3DModel(**transformer_config).eval()
-    vae = AutoencoderKLWan(**TINY_VAE_CONFIG).eval()
+    vae = AutoencoderKLWan(**({} if native else TINY_VAE_CONFIG)).eval()  # diffusers' default is Wan2.1's VAE
     with tempfile.TemporaryDirectory() as scratch:
         tokenizer = build_tiny_tokenizer(scratch, seed=seed)
         sentencepiece_model = spiece_bytes(scratch)

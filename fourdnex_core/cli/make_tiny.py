@@ -24,12 +24,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
              "4096/1280-wide embeddings. Writes about 13 GB and takes minutes (2 on 2 CPU cores, 2.6 GB of memory); "
              "only the ComfyUI models/ tree and the 4DNeX LoRA are written, no diffusers model folder.",
     )
+    parser.add_argument(
+        "--native", action="store_true",
+        help="make every ComfyUI file loadable by ComfyUI's own loaders too (UNETLoader, VAELoader, CLIPLoader, "
+             "CLIPVisionLoader), for the native workflow 6: a small Wan2.1 I2V of width 256 (ComfyUI derives heads "
+             "as width // 128) and the full-size Wan2.1 VAE with random weights; implies --full-size-encoders.",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    tiny = make_tiny_models(args.dir, seed=args.seed, full_size_encoders=args.full_size_encoders)
-    if not args.full_size_encoders:
+    tiny = make_tiny_models(args.dir, seed=args.seed, full_size_encoders=args.full_size_encoders, native=args.native)
+    if not (args.full_size_encoders or args.native):
         print(f"diffusers model: {tiny.diffusers_model}")
     print(f"4DNeX LoRA (released layout): {tiny.diffusers_lora}\nComfyUI models: {tiny.comfy_models}")
     return 0

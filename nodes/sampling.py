@@ -6,6 +6,7 @@ from fourdnex_core.comfy_types import PointMaps, image_embeds, text_embeds, xyz_
 from fourdnex_core.conditioning import encode_condition
 from fourdnex_core.decode import decode_wide_latent
 from fourdnex_core.image_io import RESIZE_MODES, fit_image, image_to_tensor, resize_point_map
+from fourdnex_core.job_size import check_job_fits
 from fourdnex_core.lowvram import sampling_transformer
 from fourdnex_core.representation import check_video_size, xyz_init_map
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
@@ -108,6 +109,9 @@ class FourDNeXSampler:
                              "set cfg to 1 to sample without guidance.")
         picture = fit_image(image_to_tensor(image[:1]), height, width, resize)  # [3, h, w]
         height, width = picture.shape[-2:]
+        config = model.transformer.config
+        check_job_fits(length, height, width, device=comfy.torch_device(), dtype=model.dtype, ffn_dim=config.ffn_dim,
+                       inner_dim=config.num_attention_heads * config.attention_head_dim)
         init = xyz_init_map(height, width) if xyz_init is None else resize_point_map(xyz_init.xyz[0], height, width)
         with comfy.on_compute_device(vae):
             condition = encode_condition(vae, picture, init, length, progress=False)

@@ -326,3 +326,13 @@ def test_memory_options_node_gives_the_same_latent_with_block_swap(comfy_env, mo
     assert (auto.blocks_to_swap, auto.fp8, auto.vae_tiling) == ("auto", "weights", True)
     (tiled_vae,) = call("FourDNeXVAELoader", vae_name=names["vae"], memory=auto)
     assert tiled_vae.use_tiling
+
+
+def test_sampler_refuses_a_job_too_big_for_the_machine_before_encoding(models, image):
+    model, vae, _, _ = models
+    states = torch.zeros(1, 257, 24)
+    positive = conditioning(torch.zeros(1, 9, 32))
+    with pytest.raises(ValueError, match=r"100001 frames at .* need at least .* GiB .*at most \d+ frames can fit"):
+        call("FourDNeXSampler", model=model, vae=vae, positive=positive, clip_vision_output=ClipVisionOutput(states),
+             image=image, width=1024, height=1024, length=100001, steps=1, cfg=1.0, shift=3.0, scheduler="euler",
+             seed=0)

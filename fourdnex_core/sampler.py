@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
 from .schedulers import DEFAULT_FLOW_SHIFT, SAMPLERS, SCHEDULES, scheduler_for
@@ -152,7 +153,6 @@ def sample(
 
     scheduler = scheduler_for(settings.sampler, settings.num_inference_steps, settings.flow_shift,
                               settings.schedule, device=device)
-    timesteps = scheduler.timesteps
 
     def velocity(model_input: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return transformer(
@@ -163,21 +163,50 @@ def sample(
             return_dict=False,
         )[0]
 
-    for index, t in enumerate(tqdm(timesteps, desc="4DNeX sampling", disable=not progress)):
-        if should_cancel is not None and should_cancel():
-            raise SamplingCancelled(f"Sampling cancelled at step {index + 1} of {len(timesteps)}.")
-        model_input = torch.cat([latents, condition], dim=1).to(dtype)
-        timestep = t.expand(latents.shape[0])
+    def guided_velocity(current: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        model_input = torch.cat([current, condition], dim=1).to(dtype)
+        timestep = t.expand(current.shape[0])
         prediction = velocity(model_input, timestep, prompt_embeds)
         if use_cfg:
             unconditional = velocity(model_input, timestep, negative_embeds)
             prediction = unconditional + settings.guidance_scale * (prediction - unconditional)
-        latents = scheduler.step(prediction.float(), t, latents, return_dict=False)[0]
+        return prediction
+
+    source = (f"the transformer's prediction (its inputs were finite): its weights or the LoRA hold NaN, or {dtype} "
+              f"overflows (fp16: use bf16), or guidance {settings.guidance_scale} is extreme")
+    return run_schedule(guided_velocity, latents, scheduler, source=source, on_step=on_step,
+                        should_cancel=should_cancel, progress=progress)
+
+
+def run_schedule(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    latents: torch.Tensor,
+    scheduler: SchedulerMixin,
+    *,
+    source: str = "the model's prediction",
+    on_step: StepCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Step ``latents`` through a prepared flow ``scheduler`` (see :func:`~.schedulers.scheduler_for`).
+
+    Args:
+        velocity: (latents [B, 16, f, h, w], timestep t as the scheduler gives it) -> the velocity,
+            same shape; the pack's guided transformer, or a ComfyUI denoiser turned into one.
+        latents: the starting latents, float32 (pure noise at the first sigma).
+        source: where a non-finite velocity came from, for the error message.
+    Returns:
+        The latents after the last step, float32.
+    """
+    timesteps = scheduler.timesteps
+    for index, t in enumerate(tqdm(timesteps, desc="4DNeX sampling", disable=not progress)):
+        if should_cancel is not None and should_cancel():
+            raise SamplingCancelled(f"Sampling cancelled at step {index + 1} of {len(timesteps)}.")
+        latents = scheduler.step(velocity(latents, t).float(), t, latents, return_dict=False)[0]
         if not torch.isfinite(latents).all():  # one sync per step, against a 14B forward
             raise NonFiniteLatentError(
-                f"The latent became NaN or infinite at step {index + 1} of {len(timesteps)}, from the transformer's "
-                f"prediction (its inputs were finite): its weights or the LoRA hold NaN, or {dtype} overflows "
-                f"(fp16: use bf16), or guidance {settings.guidance_scale} is extreme. Nothing was decoded or written.")
+                f"The latent became NaN or infinite at step {index + 1} of {len(timesteps)}, from {source}. "
+                "Nothing was decoded or written.")
         if on_step is not None:
             on_step(index, len(timesteps), latents)
     return latents

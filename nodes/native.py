@@ -1,7 +1,7 @@
 """4DNeX on ComfyUI's own Wan2.1 I2V model: MODEL patch, conditioning, decode and the release's sigmas.
 
 The native path: ``UNETLoader`` (or a GGUF loader) -> **4DNeX Apply to Wan Model** -> ``ModelSamplingSD3``
--> ``KSampler`` / ``SamplerCustom`` (with **4DNeX Release Sigmas**), conditioned by **4DNeX Wan
+-> ``SamplerCustom`` (with **4DNeX Release Schedule**'s sigmas and sampler) or ``KSampler``, conditioned by **4DNeX Wan
 Image to Video** on ``CLIPTextEncode`` (``CLIPLoader`` type wan), ``CLIPVisionEncode`` and the core
 ``VAE``, decoded by **4DNeX Wan Decode**. The representation code (XYZ init, condition video and
 mask, de-normalization, RoPE sharing, domain embeddings) is the library's, shared with the pack's
@@ -10,6 +10,7 @@ own model stack; :mod:`.native_patch` installs it on the MODEL.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -28,7 +29,9 @@ from fourdnex_core.representation import (
     latent_frames,
     xyz_init_map,
 )
-from fourdnex_core.schedulers import DEFAULT_FLOW_SHIFT, SCHEDULES, flow_sigmas
+from fourdnex_core.presets import RELEASE
+from fourdnex_core.sampler import run_schedule
+from fourdnex_core.schedulers import NUM_TRAIN_TIMESTEPS, SAMPLERS, SCHEDULES, flow_sigmas, scheduler_for
 from fourdnex_core.vae_io import wan_latent_stats
 
 from . import comfy_bridge as comfy
@@ -193,36 +196,77 @@ class FourDNeXWanDecode:
         return (decoded.rgb, PointMaps(xyz=decoded.xyz, rgb=decoded.rgb), xyz_image(decoded.xyz))
 
 
-class FourDNeXReleaseSigmas:
+def release_sample(settings: tuple[str, int, float, str], model, x, sigmas, extra_args=None, callback=None,
+                   disable=None):
+    """A ComfyUI sampler function (``KSAMPLER``'s ``sampler_function``) that steps as the pack's sampler does.
+
+    ComfyUI hands it its denoiser ``model(x, sigma) -> x0`` (CFG inside) and ``x`` at ``sigmas[0]``.
+    The model is called at the timestep the release gives its transformer (UniPC: the int64
+    truncation of sigma * 1000, as a sigma t / 1000), the velocity recovered as
+    ``(x - x0) / sigma`` (ComfyUI's flow models predict ``x0 = x - sigma * v``), and diffusers'
+    stepper advances ``x`` on the release's sigmas through the library's
+    :func:`~fourdnex_core.sampler.run_schedule`.
+    """
+    sampler, steps, shift, schedule = settings
+    scheduler = scheduler_for(sampler, steps, shift, schedule, device=x.device)
+    expected = scheduler.sigmas.to(sigmas)
+    if sigmas.shape != expected.shape or not torch.allclose(sigmas, expected, atol=1e-6):
+        raise ValueError(f"4DNeX Release Schedule's sampler steps through its own {steps} {schedule} sigmas (shift "
+                         f"{shift}); the SIGMAS connected to the sampler node differ. Connect the same node's SIGMAS.")
+    extra_args = extra_args or {}
+    ones = x.new_ones(x.shape[0])
+    timesteps = [float(t) for t in scheduler.timesteps]
+
+    def velocity(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = float(t) / NUM_TRAIN_TIMESTEPS
+        denoised = model(latents, sigma * ones, **extra_args)
+        if callback is not None:  # ComfyUI's progress bar and previews
+            index = timesteps.index(float(t))
+            callback({"x": latents, "i": index, "sigma": sigmas[index], "sigma_hat": sigmas[index],
+                      "denoised": denoised})
+        return (latents - denoised) / sigma
+
+    return run_schedule(velocity, x.float(), scheduler, source="the MODEL's prediction", progress=not disable)
+
+
+class FourDNeXReleaseSchedule:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Denoising steps (release: 50)."}),
-            "shift": ("FLOAT", {"default": DEFAULT_FLOW_SHIFT, "min": 0.01, "max": 100.0, "step": 0.01,
+            "steps": ("INT", {"default": RELEASE.steps, "min": 1, "max": 1000,
+                              "tooltip": "Denoising steps (release: 50)."}),
+            "shift": ("FLOAT", {"default": RELEASE.shift, "min": 0.01, "max": 100.0, "step": 0.01,
                                 "tooltip": "Flow shift (Wan 480p and the release: 3.0)."}),
-            "schedule": (list(SCHEDULES), {"default": "release", "tooltip": "release: the 4DNeX release's UniPC flow "
-                                                                             "sigmas; diffusers: newer diffusers'."}),
+            "schedule": (list(SCHEDULES), {"default": RELEASE.schedule, "tooltip": "release: the 4DNeX release's flow "
+                                                                              "sigmas; diffusers: newer diffusers'."}),
+            "sampler": (list(SAMPLERS), {"default": RELEASE.sampler, "tooltip": "unipc: the release's UniPC; euler: "
+                                                                            "first-order flow Euler."}),
         }}
 
-    RETURN_TYPES = ("SIGMAS",)
-    FUNCTION = "sigmas"
+    RETURN_TYPES = ("SIGMAS", "SAMPLER")
+    RETURN_NAMES = ("sigmas", "sampler")
+    FUNCTION = "schedule"
     CATEGORY = "4DNeX/native"
-    DESCRIPTION = ("The release's noise schedule as SIGMAS for SamplerCustom: shifted flow sigmas starting at "
-                   "shift(0.999) = 0.999666 and ending at 0, step for step the pack's own sampler's.")
+    DESCRIPTION = ("The release's noise schedule and sampler for SamplerCustom: shifted flow sigmas starting at "
+                   "shift(0.999) = 0.999666, and a SAMPLER that steps through them as the release does (diffusers' "
+                   "UniPC, the model called at the release's integer timesteps), step for step the pack's own "
+                   "sampler. The SIGMAS also work with ComfyUI's own samplers (KSamplerSelect).")
 
-    def sigmas(self, steps, shift, schedule):
-        return (flow_sigmas(steps, shift, schedule),)
+    def schedule(self, steps, shift, schedule, sampler):
+        samplers = _comfy_module("comfy.samplers", "KSAMPLER")
+        sampler_object = samplers.KSAMPLER(functools.partial(release_sample, (sampler, steps, shift, schedule)))
+        return (flow_sigmas(steps, shift, schedule), sampler_object)
 
 
 NODE_CLASS_MAPPINGS = {
     "FourDNeXApplyToWanModel": FourDNeXApplyToWanModel,
     "FourDNeXWanImageToVideo": FourDNeXWanImageToVideo,
     "FourDNeXWanDecode": FourDNeXWanDecode,
-    "FourDNeXReleaseSigmas": FourDNeXReleaseSigmas,
+    "FourDNeXReleaseSchedule": FourDNeXReleaseSchedule,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FourDNeXApplyToWanModel": "4DNeX Apply to Wan Model (native)",
     "FourDNeXWanImageToVideo": "4DNeX Wan Image to Video (native)",
     "FourDNeXWanDecode": "4DNeX Wan Decode (native VAE)",
-    "FourDNeXReleaseSigmas": "4DNeX Release Sigmas",
+    "FourDNeXReleaseSchedule": "4DNeX Release Schedule (sigmas + sampler)",
 }

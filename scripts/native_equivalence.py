@@ -11,16 +11,17 @@ formats (ComfyUI single files, the released LoRA layout) and compares, in fp32:
 2. **condition**: **4DNeX Wan Image to Video** (ComfyUI's VAE) against the library's
    ``encode_condition`` (diffusers' VAE on the same file): latent and mask;
 3. **sampling**: a complete Euler run with CFG from the same noise, ComfyUI's ``SamplerCustom``
-   path (``comfy.sample.sample_custom``, sigmas from **4DNeX Release Sigmas**) against the pack's
-   ``sample``; final latents compared in Wan's normalized space;
+   path (``comfy.sample.sample_custom``, ComfyUI's ``euler`` on the sigmas of **4DNeX Release
+   Schedule**) against the pack's ``sample``; final latents compared in Wan's normalized space;
 4. **composition**: a second LoRA through ``LoraLoaderModelOnly``'s code (before and after the
    4DNeX node), ``ModelSamplingSD3`` and a ``patches_replace`` block patch on the same MODEL;
 5. **fp8**: the forward again with ``UNETLoader``'s weight_dtype ``fp8_e4m3fn`` (deviation);
 6. **GGUF**: the small model written as a GGUF file (Q8_0 block weights, as ComfyUI-GGUF's
    converter lays it out) and loaded by city96/ComfyUI-GGUF's ``UnetLoaderGGUF`` when that pack is
    in ``custom_nodes/ComfyUI-GGUF`` (``gguf`` installed), the same forward (deviation);
-7. **UniPC**: the pack's UniPC (the release's sampler) against ComfyUI's ``uni_pc_bh2`` on the
-   same sigmas (not the same algorithm: a deviation, reported);
+7. **UniPC**: the pack's UniPC (the release's sampler) against **4DNeX Release Schedule**'s SAMPLER
+   (unipc) in ``SamplerCustom``, and against ComfyUI's own ``uni_pc_bh2`` on the same sigmas (another
+   UniPC: a deviation, reported);
 8. **speed**: seconds per forward of both paths at the same token count;
 9. **bad input**: a text-to-video Wan MODEL, a LoRA for another model, a width that is not a multiple
    of 16 and a length that is not 4k+1, each refused by the nodes with its message (printed).
@@ -40,6 +41,8 @@ normalization), the pack in the normalized space.
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import importlib
 import importlib.util
 import json
@@ -62,7 +65,8 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--cfg", type=float, default=5.0)
     parser.add_argument("--speed-size", default="9x240x368", help="frames x height x width for the timing")
-    parser.add_argument("--speed-repeats", type=int, default=3)
+    parser.add_argument("--speed-repeats", type=int, default=7)
+    parser.add_argument("--speed-only", action="store_true", help="only the timing (8.)")
     parser.add_argument("--out", type=Path, help="write the table as JSON here")
     args, _ = parser.parse_known_args()
     return args
@@ -211,7 +215,7 @@ def check_conditioning_and_sampling(transformer, patched, paths: dict[str, Path]
     row("condition latent (Wan-normalized)", condition[:, 4:], (concat - mean) / std)
     row("condition mask (kept = 1 - concat_mask)", condition[:, :4], 1 - positive[0][1]["concat_mask"])
 
-    sigmas = pack.FourDNeXReleaseSigmas().sigmas(ARGS.steps, 3.0, "release")[0]
+    sigmas, _ = pack.FourDNeXReleaseSchedule().schedule(ARGS.steps, 3.0, "release", "euler")
     noise = torch.randn(latent["samples"].shape, generator=generator)
     settings = SamplingSettings(num_inference_steps=ARGS.steps, guidance_scale=ARGS.cfg, flow_shift=3.0,
                                 sampler="euler", schedule="release")
@@ -237,17 +241,18 @@ def check_conditioning_and_sampling(transformer, patched, paths: dict[str, Path]
 def check_unipc(transformer, patched, generator: torch.Generator, positive, negative, condition, text,
                 clip_states, negative_text, noise) -> None:
     mean, std = (s.view(1, -1, 1, 1, 1) for s in wan_latent_stats())
-    sigmas = pack.FourDNeXReleaseSigmas().sigmas(ARGS.steps, 3.0, "release")[0]
+    sigmas, release_sampler = pack.FourDNeXReleaseSchedule().schedule(ARGS.steps, 3.0, "release", "unipc")
     settings = SamplingSettings(num_inference_steps=ARGS.steps, guidance_scale=ARGS.cfg, flow_shift=3.0,
                                 sampler="unipc", schedule="release")
     conditioning = Conditioning(condition=condition, prompt_embeds=text, image_embeds=clip_states,
                                 negative_prompt_embeds=negative_text)
     ours = sample(transformer, conditioning, settings, latents=noise, progress=False)
-    theirs = comfy.sample.sample_custom(patched, noise / sigmas[0], ARGS.cfg, comfy.samplers.sampler_object("uni_pc_bh2"),
-                                        sigmas, positive, negative, mean.expand_as(noise).clone(), disable_pbar=True,
-                                        seed=0)
-    row(f"UniPC (pack, the release's) against ComfyUI's uni_pc_bh2, {ARGS.steps} steps: final latent", ours,
-        (theirs - mean) / std)
+    for name, sampler in (("4DNeX Release Schedule's unipc", release_sampler),
+                          ("ComfyUI's uni_pc_bh2", comfy.samplers.sampler_object("uni_pc_bh2"))):
+        theirs = comfy.sample.sample_custom(patched, noise / sigmas[0], ARGS.cfg, sampler, sigmas, positive, negative,
+                                            mean.expand_as(noise).clone(), disable_pbar=True, seed=0)
+        row(f"UniPC, {ARGS.steps} steps, CFG {ARGS.cfg}: the pack's (the release's) against {name}", ours,
+            (theirs - mean) / std)
 
 
 def check_composition(paths: dict[str, Path], root: Path, inputs: dict, generator: torch.Generator) -> None:
@@ -377,19 +382,26 @@ def check_speed(transformer, patched, generator: torch.Generator) -> None:
     tokens = inputs["x"].shape[2] * inputs["x"].shape[3] * inputs["x"].shape[4] // 4
 
     def timed(call) -> float:
-        call()  # warm-up
         start = time.perf_counter()
-        for _ in range(ARGS.speed_repeats):
-            call()
-        return (time.perf_counter() - start) / ARGS.speed_repeats
+        call()
+        return time.perf_counter() - start
+
+    def pack_call():
+        return pack_velocity(transformer, inputs)
+
+    def native_call():
+        return native_velocity(patched, inputs["x"], inputs["timestep"], inputs["context"], inputs["clip_fea"])
 
     with torch.no_grad():
-        pack_s = timed(lambda: pack_velocity(transformer, inputs))
-        native_s = timed(lambda: native_velocity(patched, inputs["x"], inputs["timestep"], inputs["context"],
-                                                 inputs["clip_fea"]))
+        pack_call(), native_call()  # warm-up
+        # interleaved, so that load from other processes hits both alike; medians
+        pairs = [(timed(pack_call), timed(native_call)) for _ in range(ARGS.speed_repeats)]
+    pack_s = statistics.median(p for p, _ in pairs)
+    native_s = statistics.median(n for _, n in pairs)
+    ratio = statistics.median(n / p for p, n in pairs)
     entry = {"what": f"seconds per forward at {tokens} tokens ({ARGS.speed_size}), ComfyUI attention "
-                     f"{ARGS.attention}", "pack_s": pack_s, "native_s": native_s, "native_over_pack": native_s / pack_s,
-             "threads": torch.get_num_threads()}
+                     f"{ARGS.attention}", "pack_s": pack_s, "native_s": native_s, "native_over_pack": ratio,
+             "repeats": ARGS.speed_repeats, "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0]}
     TABLE.append(entry)
     print(json.dumps(entry), flush=True)
 
@@ -402,6 +414,9 @@ def main() -> int:
         paths = write_models(root)
         transformer = pack_transformer(paths)
         base, patched = native_model(paths, root)
+        if ARGS.speed_only:
+            check_speed(transformer, patched, generator)
+            return 0
         inputs = forward_inputs(ARGS.frames, ARGS.height, ARGS.width, generator)
         check_forward(transformer, patched, inputs, "forward, fp32, LoRA + shared RoPE + domain embeddings")
         with torch.no_grad():

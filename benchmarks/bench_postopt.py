@@ -24,7 +24,7 @@ import torch
 
 from fourdnex_core.geometry.cameras import rotation_angle_degrees
 from fourdnex_core.geometry.postopt import PostOptResult, post_optimize
-from fourdnex_core.geometry.postopt_reference import RELEASE_ITERATIONS, post_optimize_reference
+from fourdnex_core.geometry.postopt.reference import RELEASE_ITERATIONS, post_optimize_reference
 from fourdnex_core.geometry.synthetic import SyntheticScene, make_synthetic_scene
 
 NOISY = {"noise": 0.01, "outlier_fraction": 0.05, "invalid_fraction": 0.01}

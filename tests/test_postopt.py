@@ -15,7 +15,7 @@ from fourdnex_core.geometry.cameras import (
     rotation_angle_degrees,
 )
 from fourdnex_core.geometry.postopt import decoded_xyz_to_scene, post_optimize
-from fourdnex_core.geometry.postopt_reference import (
+from fourdnex_core.geometry.postopt.reference import (
     identity_rotation_6d,
     post_optimize_reference,
     rotation_6d_to_matrix,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from fourdnex_core.cli.export import SCENE_FILE, scene_path
 from fourdnex_core.geometry.pointcloud import confidence_within_mask
 from fourdnex_core.geometry.postopt import PostOptResult, post_optimize
-from fourdnex_core.geometry.postopt_reference import RELEASE_ITERATIONS, post_optimize_reference
+from fourdnex_core.geometry.postopt.reference import RELEASE_ITERATIONS, post_optimize_reference
 from fourdnex_core.scene_file import Scene, load_scene, save_scene
 
 DEFAULT_ITERATIONS = 20

@@ -56,8 +56,8 @@ from fourdnex_core.lowvram.fp8_weights import fp8_layer_count, quantize_block_li
 from fourdnex_core.representation import condition_mask, latent_frames
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
-from train.flow_matching import Batch, TimestepSampling, flow_matching_loss
-from train.lora_setup import add_lora
+from fourdnex_train.flow_matching import Batch, TimestepSampling, flow_matching_loss
+from fourdnex_train.lora_setup import add_lora
 
 CONFIG_14B = Path(__file__).resolve().parents[1] / "fourdnex_core" / "configs" / "wan2.1_i2v_14b_480p_transformer.json"
 SMALL = dict(num_attention_heads=4, attention_head_dim=32, in_channels=36, out_channels=16, text_dim=64, freq_dim=64,

@@ -37,15 +37,15 @@ from fourdnex_core.lora import attach_lora, read_lora, set_domain_embeddings
 from fourdnex_core.sampler import SamplingSettings, sample
 from fourdnex_core.tiny import make_tiny_models
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
-from train.cache import list_cache, read_cached_clip
-from train.config import TrainConfig, config_from_dict
-from train.dataset import LatentDataset
-from train.flow_matching import TimestepSampling, evaluation_loss, zero_velocity
-from train.lora_setup import trainable_state_dict
-from train.prepare import prepare_dataset
-from train.samples import conditioning_of
-from train.synthetic_data import write_synthetic_dataset
-from train.trainer import Trainer
+from fourdnex_train.cache import list_cache, read_cached_clip
+from fourdnex_train.config import TrainConfig, config_from_dict
+from fourdnex_train.dataset import LatentDataset
+from fourdnex_train.flow_matching import TimestepSampling, evaluation_loss, zero_velocity
+from fourdnex_train.lora_setup import trainable_state_dict
+from fourdnex_train.prepare import prepare_dataset
+from fourdnex_train.samples import conditioning_of
+from fourdnex_train.synthetic_data import write_synthetic_dataset
+from fourdnex_train.trainer import Trainer
 
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]  # the release's targets (the trainer's default)
 TARGETS = {"wide": [*ATTENTION, "ffn.net.0.proj", "ffn.net.2", "proj_out"], "attention": ATTENTION}

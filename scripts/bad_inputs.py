@@ -37,8 +37,8 @@ from fourdnex_core.loading.single_file_writers import save_transformer_single_fi
 from fourdnex_core.scene_file import load_scene, save_scene  # noqa: E402
 from fourdnex_core.tiny import COMFY_FILES, make_tiny_models  # noqa: E402
 from fourdnex_core.transformer import FourDNeXTransformer3DModel  # noqa: E402
-from train.cache import CachedClip, cache_path, write_cached_clip  # noqa: E402
-from train.cli import main as train_main  # noqa: E402
+from fourdnex_train.cache import CachedClip, cache_path, write_cached_clip  # noqa: E402
+from fourdnex_train.cli import main as train_main  # noqa: E402
 
 DOC = REPO / "docs" / "BAD_INPUTS.md"
 START, END = "<!-- table:start -->", "<!-- table:end -->"

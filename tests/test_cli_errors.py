@@ -12,7 +12,7 @@ import fourdnex_core.geometry.export_ply as export_ply
 from fourdnex_core.cli import main
 from fourdnex_core.cli.errors import describe, run_command
 from fourdnex_core.scene_file import Scene, save_scene
-from train.cli import main as train_main
+from fourdnex_train.cli import main as train_main
 
 
 @pytest.fixture

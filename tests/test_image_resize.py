@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fourdnex_core.image_io import RESIZE_MODES, fit_image, generation_size, resize_frames
-from train.pointmaps import fit_frames
+from fourdnex_train.pointmaps import fit_frames
 
 
 def test_area_sizing_is_the_releases():

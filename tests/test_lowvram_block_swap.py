@@ -7,7 +7,7 @@ from fourdnex_core.lowvram.block_swap import BlockSwap, blocks_to_swap_for_budge
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 from tiny_configs import TINY_TRANSFORMER
-from train.lora_setup import add_lora
+from fourdnex_train.lora_setup import add_lora
 
 LATENT = (1, 16, 2, 4, 8)
 

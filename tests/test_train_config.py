@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from train.cli import main
-from train.config import ConfigError, config_from_dict, load_config, parse_override_value
+from fourdnex_train.cli import main
+from fourdnex_train.config import ConfigError, config_from_dict, load_config, parse_override_value
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "train" / "example_config.toml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "fourdnex_train" / "example_config.toml"
 
 
 def test_example_config_loads_with_release_defaults():

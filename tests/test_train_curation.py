@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from train.cli import main, parse_filter
-from train.curation import (
+from fourdnex_train.cli import main, parse_filter
+from fourdnex_train.curation import (
     Criterion,
     brightness,
     camera_smoothness,
@@ -19,7 +19,7 @@ from train.curation import (
     mean_confidence,
     select,
 )
-from train.synthetic_data import write_synthetic_dataset
+from fourdnex_train.synthetic_data import write_synthetic_dataset
 
 
 def test_brightness_is_mean_luminance_in_0_255():

@@ -16,14 +16,14 @@ from fourdnex_core.representation import xyz_init_map
 from fourdnex_core.tiny import make_tiny_models
 from fourdnex_core.vae_io import encode_video
 from fourdnex_core.video_io import write_video
-from train import prepare as prepare_module
-from train.cache import cache_path, read_cached_clip
-from train.config import MemoryConfig, config_from_dict
-from train.data_layout import find_clips
-from train.layout_4dnex10m import folder_frame_range, npz_frame_range, read_trajectory
-from train.pointmaps import RawClip, clip_points, fit_frames, frame_indices, process_clip
-from train.prepare import cache_settings, load_encoders, prepare_dataset
-from train.synthetic_data import write_synthetic_clip, write_synthetic_dataset
+from fourdnex_train import prepare as prepare_module
+from fourdnex_train.cache import cache_path, read_cached_clip
+from fourdnex_train.config import MemoryConfig, config_from_dict
+from fourdnex_train.data_layout import find_clips
+from fourdnex_train.layout_4dnex10m import folder_frame_range, npz_frame_range, read_trajectory
+from fourdnex_train.pointmaps import RawClip, clip_points, fit_frames, frame_indices, process_clip
+from fourdnex_train.prepare import cache_settings, load_encoders, prepare_dataset
+from fourdnex_train.synthetic_data import write_synthetic_clip, write_synthetic_dataset
 
 
 def test_frame_indices_take_stride_and_pad_by_reversal():

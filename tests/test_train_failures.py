@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from test_train_trainer import _base_model, _config, _write_cache
-from train.cache import cache_path, list_cache, read_cached_clip, write_cached_clip
-from train.lora_setup import add_lora, write_diffusers_lora, write_trained_lora
-from train.trainer import Trainer, TrainingDivergedError
+from fourdnex_train.cache import cache_path, list_cache, read_cached_clip, write_cached_clip
+from fourdnex_train.lora_setup import add_lora, write_diffusers_lora, write_trained_lora
+from fourdnex_train.trainer import Trainer, TrainingDivergedError
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
@@ -86,7 +86,7 @@ def test_clip_frames_of_any_image_mode_read_as_rgb_and_a_garbage_frame_is_named(
     import numpy as np
     from PIL import Image
 
-    from train.clip_source import read_video
+    from fourdnex_train.clip_source import read_video
 
     folder = tmp_path / "rgb"
     folder.mkdir()

@@ -24,11 +24,11 @@ from fourdnex_core.model_set import apply_4dnex_lora
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 from tiny_configs import TINY_TRANSFORMER
-from train.cache import CachedClip, cache_path, list_cache, read_cached_clip, write_cached_clip
-from train.config import ConfigError, config_from_dict
-from train.devices import weight_dtype
-from train.dataset import LatentDataset
-from train.flow_matching import (
+from fourdnex_train.cache import CachedClip, cache_path, list_cache, read_cached_clip, write_cached_clip
+from fourdnex_train.config import ConfigError, config_from_dict
+from fourdnex_train.devices import weight_dtype
+from fourdnex_train.dataset import LatentDataset
+from fourdnex_train.flow_matching import (
     Batch,
     TimestepSampling,
     evaluation_loss,
@@ -38,10 +38,10 @@ from train.flow_matching import (
     wide_latent,
     zero_velocity,
 )
-from train.logging_utils import read_log
-from train.lora_setup import add_lora, trainable_state_dict
-from train.samples import conditioning_of
-from train.trainer import Trainer, load_base_transformer, micro_batch_generator
+from fourdnex_train.logging_utils import read_log
+from fourdnex_train.lora_setup import add_lora, trainable_state_dict
+from fourdnex_train.samples import conditioning_of
+from fourdnex_train.trainer import Trainer, load_base_transformer, micro_batch_generator
 
 REPO = Path(__file__).resolve().parents[1]
 LATENT = (16, 2, 4, 4)  # [C, f, h, w] of one modality
@@ -191,7 +191,7 @@ def test_a_checkpoint_killed_mid_write_is_never_used(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr("train.trainer.write_trained_lora", crash)
+    monkeypatch.setattr("fourdnex_train.trainer.write_trained_lora", crash)
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint()
     assert list((tmp_path / "out" / "checkpoints").glob(".step-*.tmp"))
@@ -260,7 +260,7 @@ tensorboard = false
 progress = false
 """
     (tmp_path / "run.toml").write_text(toml)
-    command = [sys.executable, "-m", "train", "run", str(tmp_path / "run.toml")]
+    command = [sys.executable, "-m", "fourdnex_train", "run", str(tmp_path / "run.toml")]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for_step(tmp_path / "killed" / "metrics.csv", 5, process)
@@ -356,7 +356,7 @@ def test_fp32_training_loads_the_base_in_fp32_and_rejects_a_bf16_base(tmp_path, 
     config.models.transformer = save_transformer_single_file(_base_model(), tmp_path / "transformer.safetensors")
     # load_transformer is replaced to see the dtype it is asked for (only the file's header is read).
     loaded = {}
-    monkeypatch.setattr("train.trainer.load_transformer", lambda source, **kwargs: loaded.update(kwargs))
+    monkeypatch.setattr("fourdnex_train.trainer.load_transformer", lambda source, **kwargs: loaded.update(kwargs))
     load_base_transformer(config, gpu)
     assert loaded["dtype"] == torch.float32 and config.models.dtype == "bf16"
 
@@ -447,7 +447,7 @@ def test_a_comfyui_fp8_file_trains_in_fp8_with_memory_fp8_weights(tmp_path, capl
     assert layers and all(layer.weight.dtype == torch.float8_e4m3fn for layer in layers)
     assert all(layer.compute_dtype == torch.float32 for layer in layers)  # fp32 on the CPU, no autocast
     config.memory.fp8 = "off"
-    with caplog.at_level("WARNING", logger="train.trainer"):
+    with caplog.at_level("WARNING", logger="fourdnex_train.trainer"):
         upcast = load_base_transformer(config, torch.device("cpu"))
     assert not any(isinstance(m, FP8Linear) for m in upcast.modules())
     assert 'wan_fp8_scaled.safetensors holds fp8 weights; with [memory] fp8 = "off" they are upcast to float32' \

@@ -13,7 +13,7 @@
         caption.txt                 the prompt
 
 **4dnex10m**: the 4DNeX-10M release as the authors' loader reads it; see
-:mod:`train.layout_4dnex10m`.
+:mod:`fourdnex_train.layout_4dnex10m`.
 
 Each layout yields :class:`ClipSource` objects: a name, a caption and a ``load()`` that reads the
 arrays only when called, so a bad clip fails alone.
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.clip_source import ClipSource, load_array, optional_array, read_video
-from train.layout_4dnex10m import find_4dnex10m_clips
-from train.pointmaps import RawClip
+from fourdnex_train.clip_source import ClipSource, load_array, optional_array, read_video
+from fourdnex_train.layout_4dnex10m import find_4dnex10m_clips
+from fourdnex_train.pointmaps import RawClip
 
 __all__ = ["ClipSource", "find_clips", "find_simple_clips", "read_video"]
 
@@ -77,7 +77,8 @@ def find_clips(root: str | Path, layout: str) -> list[ClipSource]:
         raise ValueError(f"Unknown layout {layout!r}; use one of {', '.join(finders)}.")
     clips = finders[layout](root)
     if not clips:
-        raise ValueError(f"No clips found under {root} in the {layout!r} layout; see train/README.md for the layout.")
+        raise ValueError(f"No clips found under {root} in the {layout!r} layout; "
+                         "see fourdnex_train/README.md for the layout.")
     names = [clip.name for clip in clips]
     if len(set(names)) != len(names):
         raise ValueError(f"Clip names under {root} are not unique; rename the folders.")

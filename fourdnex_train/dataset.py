@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from train.cache import TENSORS, read_cached_clip
-from train.flow_matching import Batch
+from fourdnex_train.cache import TENSORS, read_cached_clip
+from fourdnex_train.flow_matching import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class LatentDataset:
     """Cache files of one shape; :meth:`batch` reads the clips of batch k from disk.
 
     Args:
-        files: cache files (see :func:`train.cache.list_cache`).
+        files: cache files (see :func:`fourdnex_train.cache.list_cache`).
         batch_size: clips per batch B.
         seed: seeds the epoch permutations.
         rank, world_size: this process's share of each global batch (multi-GPU).

@@ -1,7 +1,7 @@
 """``fourdnex-train prepare``: clips -> per-clip cache files the trainer reads.
 
-For every clip of the dataset (:mod:`train.data_layout`): process it to the training size
-(:func:`train.pointmaps.process_clip`), then encode once and cache (:mod:`train.cache`):
+For every clip of the dataset (:mod:`fourdnex_train.data_layout`): process it to the training size
+(:func:`fourdnex_train.pointmaps.process_clip`), then encode once and cache (:mod:`fourdnex_train.cache`):
 the RGB and XYZ video latents (Wan VAE, each half on its own), the condition latent exactly as
 inference builds it (:func:`fourdnex_core.conditioning.encode_condition`), the CLIP embedding of
 the first frame and the UMT5 embedding of the caption with the ``POINTMAP_STYLE.`` suffix.
@@ -38,11 +38,11 @@ from fourdnex_core.lowvram import prepare_vae
 from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.representation import xyz_init_map
 from fourdnex_core.vae_io import encode_video
-from train.cache import CachedClip, cache_path, fingerprint, is_cached, write_cached_clip
-from train.config import DataConfig, MemoryConfig, ModelsConfig, TrainConfig
-from train.data_layout import ClipSource, find_clips
-from train.devices import dtype_named, resolve_device, weight_dtype
-from train.pointmaps import ProcessedClip, process_clip
+from fourdnex_train.cache import CachedClip, cache_path, fingerprint, is_cached, write_cached_clip
+from fourdnex_train.config import DataConfig, MemoryConfig, ModelsConfig, TrainConfig
+from fourdnex_train.data_layout import ClipSource, find_clips
+from fourdnex_train.devices import dtype_named, resolve_device, weight_dtype
+from fourdnex_train.pointmaps import ProcessedClip, process_clip
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def cache_settings(data: DataConfig, models: ModelsConfig, memory: MemoryConfig 
 
 @torch.no_grad()
 def encode_clip(clip: ProcessedClip, encoders: Encoders, data: DataConfig) -> CachedClip:
-    """Encode a processed clip into its cache tensors (see :mod:`train.cache`)."""
+    """Encode a processed clip into its cache tensors (see :mod:`fourdnex_train.cache`)."""
     frames, height, width, _ = clip.rgb.shape
     rgb_video = clip.rgb.permute(3, 0, 1, 2)[None] * 2.0 - 1.0     # [1, 3, F, H, W] in [-1, 1]
     xyz_video = clip.xyz.permute(3, 0, 1, 2)[None].float()          # pixels (xyz+1)/2 -> VAE range: xyz itself

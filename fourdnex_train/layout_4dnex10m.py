@@ -29,7 +29,7 @@ annotations' size (they were computed at that size). A clip's caption is the row
 in its group's CSV.
 
 Npz files are unpickled (the release stores static clips as a pickled dict): prepare only
-datasets you trust. ``train/README.md`` lists what of this could not be checked against the release.
+datasets you trust. ``fourdnex_train/README.md`` lists what of this could not be checked against the release.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.clip_source import ClipSource, frames_to_float, load_array, no_confidence, read_video, resize_rgb_to
-from train.pointmaps import RawClip
+from fourdnex_train.clip_source import ClipSource, frames_to_float, load_array, no_confidence, read_video, resize_rgb_to
+from fourdnex_train.pointmaps import RawClip
 
 logger = logging.getLogger(__name__)
 

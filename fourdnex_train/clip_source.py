@@ -1,6 +1,6 @@
 """A training clip found on disk, and the readers every folder layout shares.
 
-A layout (:mod:`train.data_layout`, :mod:`train.layout_4dnex10m`) yields :class:`ClipSource`
+A layout (:mod:`fourdnex_train.data_layout`, :mod:`fourdnex_train.layout_4dnex10m`) yields :class:`ClipSource`
 objects: a name, where the clip lives, and a ``load()`` that reads the arrays only when called, so
 a bad clip fails alone (and is reported) instead of stopping a whole dataset.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fourdnex_core.image_io import load_image
-from train.pointmaps import RawClip
+from fourdnex_train.pointmaps import RawClip
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from fourdnex_core.loading.safetensors_io import save_tensors
 from fourdnex_core.representation import xyz_to_pixels
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.video_io import write_video
-from train.cache import CachedClip, read_cached_clip
-from train.config import SampleConfig
+from fourdnex_train.cache import CachedClip, read_cached_clip
+from fourdnex_train.config import SampleConfig
 
 logger = logging.getLogger(__name__)
 

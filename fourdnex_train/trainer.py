@@ -1,11 +1,11 @@
 """``fourdnex-train run``: the LoRA training loop.
 
 One optimizer step = ``gradient_accumulation_steps`` micro-batches of ``batch_size`` clips per
-process; the loss is :func:`train.flow_matching.flow_matching_loss`. Every random draw of a
+process; the loss is :func:`fourdnex_train.flow_matching.flow_matching_loss`. Every random draw of a
 micro-batch (clip order, noise, timesteps) comes from a CPU generator seeded by (seed, micro-batch
 index, process rank), so a run resumed from a checkpoint replays the uninterrupted run exactly.
 
-Multi-GPU: start the same command with ``accelerate launch -m train run CONFIG``; each process
+Multi-GPU: start the same command with ``accelerate launch -m fourdnex_train run CONFIG``; each process
 takes its own share of every global batch and gradients are averaged by accelerate's DDP
 wrapper. Only the main process logs, samples and writes checkpoints.
 """
@@ -39,21 +39,21 @@ from fourdnex_core.lowvram import (
 )
 from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
-from train.cache import list_cache
-from train.checkpoint import CheckpointManager, rng_state, set_rng_state
-from train.config import ConfigError, TrainConfig
-from train.dataset import LatentDataset
-from train.devices import autocast_dtype, dtype_named, resolve_device, weight_dtype
-from train.flow_matching import TimestepSampling, flow_matching_loss
-from train.logging_utils import MetricsLogger
-from train.lora_setup import (
+from fourdnex_train.cache import list_cache
+from fourdnex_train.checkpoint import CheckpointManager, rng_state, set_rng_state
+from fourdnex_train.config import ConfigError, TrainConfig
+from fourdnex_train.dataset import LatentDataset
+from fourdnex_train.devices import autocast_dtype, dtype_named, resolve_device, weight_dtype
+from fourdnex_train.flow_matching import TimestepSampling, flow_matching_loss
+from fourdnex_train.logging_utils import MetricsLogger
+from fourdnex_train.lora_setup import (
     add_lora,
     load_trainable_state_dict,
     trainable_state_dict,
     write_diffusers_lora,
     write_trained_lora,
 )
-from train.samples import generate_samples
+from fourdnex_train.samples import generate_samples
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def micro_batch_generator(seed: int, micro_index: int, rank: int = 0) -> torch.G
 
 def load_base_transformer(config: TrainConfig, device: torch.device) -> FourDNeXTransformer3DModel:
     """The frozen base transformer from ``[models]``: ``models.dtype`` on GPU with autocast, fp32 on
-    CPU or with ``mixed_precision = "fp32"`` (see :func:`train.devices.weight_dtype`). Loaded to the
+    CPU or with ``mixed_precision = "fp32"`` (see :func:`fourdnex_train.devices.weight_dtype`). Loaded to the
     CPU when blocks will be swapped (the whole model may not fit the GPU); fp8 files stay fp8 with
     ``[memory] fp8 = "weights"``."""
     if config.models.root is None and config.models.transformer is None:

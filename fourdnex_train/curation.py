@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from fourdnex_core.atomic_write import atomic_path
-from train.data_layout import ClipSource, find_clips
+from fourdnex_train.data_layout import ClipSource, find_clips
 
 logger = logging.getLogger(__name__)
 

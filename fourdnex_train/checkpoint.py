@@ -10,7 +10,7 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-<00000123>/`` holding
 It is written into a hidden ``.step-<n>.tmp`` folder first and renamed into place (an atomic
 rename on POSIX and Windows), so a folder named ``step-<n>`` is always complete: a process killed
 mid-write leaves only a ``.tmp`` folder, which is never read and is removed on the next save.
-The data order is a pure function of the seed and the step (:mod:`train.dataset`), so the step
+The data order is a pure function of the seed and the step (:mod:`fourdnex_train.dataset`), so the step
 is all the data loader needs.
 """
 

@@ -1,4 +1,4 @@
-"""``fourdnex-train``: prepare, curate and run (``python -m train ...`` works the same).
+"""``fourdnex-train``: prepare, curate and run (``python -m fourdnex_train ...`` works the same).
 
     fourdnex-train prepare CONFIG [--section.key VALUE ...]
     fourdnex-train run CONFIG [--section.key VALUE ...]
@@ -14,8 +14,8 @@ import logging
 from collections.abc import Sequence
 
 from fourdnex_core.cli.errors import run_command
-from train.config import LAYOUTS, load_config, override_keys, parse_override_value
-from train.curation import DEFAULT_HCPR_THRESHOLD, METRICS, Criterion, curate
+from fourdnex_train.config import LAYOUTS, load_config, override_keys, parse_override_value
+from fourdnex_train.curation import DEFAULT_HCPR_THRESHOLD, METRICS, Criterion, curate
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ _FILTER_HELP = (f"METRIC:BOUND=VALUE, METRIC one of {', '.join(METRICS)}, BOUND 
 
 def _add_config_command(commands, name: str, help_text: str) -> None:
     parser = commands.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("config", help="the TOML config file (see train/example_config.toml)")
+    parser.add_argument("config", help="the TOML config file (see fourdnex_train/example_config.toml)")
     overrides = parser.add_argument_group("config overrides", "any config key as --section.key VALUE")
     for key in override_keys():
         overrides.add_argument(f"--{key}", dest=key, default=argparse.SUPPRESS, metavar="VALUE")
@@ -74,13 +74,13 @@ def _run(args: argparse.Namespace) -> int:
     overrides = {key: parse_override_value(value) for key, value in vars(args).items() if "." in key}
     config = load_config(args.config, overrides)
     if args.command == "prepare":
-        from train.prepare import prepare_dataset
+        from fourdnex_train.prepare import prepare_dataset
 
         report = prepare_dataset(config)
         print(report.summary())
         usable = report.names("prepared") + report.names("skipped")
         return 0 if usable else 1
-    from train.trainer import Trainer
+    from fourdnex_train.trainer import Trainer
 
     result = Trainer(config).train()
     print(f"trained to step {result.step}; LoRA: {result.lora_path}")

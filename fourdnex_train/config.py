@@ -1,6 +1,6 @@
 """The trainer's configuration: one TOML file, validated, every key overridable on the command line.
 
-A config has up to nine sections, each a dataclass below (see ``train/README.md`` for every
+A config has up to nine sections, each a dataclass below (see ``fourdnex_train/README.md`` for every
 key). Loading checks it strictly: an unknown key or section is an error that names the valid
 keys (and the section where a misplaced key belongs), a value of the wrong type names the
 expected type, and :meth:`TrainConfig.require` names the keys a command needs that are unset.
@@ -447,7 +447,7 @@ def load_config(path: str | PathLike, overrides: Mapping[str, Any] | None = None
     """Read, override and validate a TOML config file. Relative paths are relative to its folder."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"No config file at {path}. Start from train/example_config.toml.")
+        raise ConfigError(f"No config file at {path}. Start from fourdnex_train/example_config.toml.")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:

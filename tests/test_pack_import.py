@@ -8,23 +8,59 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_pack_imports_like_comfyui_loads_it_and_registers_every_node():
-    # ComfyUI loads custom_nodes/<folder>/__init__.py as a package named after the folder; run it
-    # in a fresh interpreter with no ComfyUI and the library not installed on the path.
+# A fresh interpreter where the library is not installed: the editable install's finder (pip
+# install -e .) is taken off sys.meta_path, as in a ComfyUI whose custom_nodes/ holds a clone.
+NOT_INSTALLED = (
+    "import importlib.util, sys\n"
+    "sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', type(f).__module__)"
+    ".startswith('__editable__')]\n"
+    "assert importlib.util.find_spec('fourdnex_core') is None\n"
+)
+
+
+def load_pack_like_comfyui(checks: str) -> str:
+    """Run ``checks`` after loading the pack as ComfyUI does, in a fresh interpreter; return stdout.
+
+    ComfyUI loads custom_nodes/<folder>/__init__.py as a package named after the folder.
+    """
     script = (
-        "import importlib.util, sys\n"
+        NOT_INSTALLED
+        + "path_before = list(sys.path)\n"
         f"spec = importlib.util.spec_from_file_location('ComfyUI_4DNeX', {str(ROOT / '__init__.py')!r},"
         f" submodule_search_locations=[{str(ROOT)!r}])\n"
         "pack = importlib.util.module_from_spec(spec)\n"
         "sys.modules['ComfyUI_4DNeX'] = pack\n"
         "spec.loader.exec_module(pack)\n"
+        + checks
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_pack_imports_like_comfyui_loads_it_and_registers_every_node():
+    stdout = load_pack_like_comfyui(
         "assert 'comfy' not in sys.modules and 'folder_paths' not in sys.modules\n"
         "print(len(pack.NODE_CLASS_MAPPINGS), pack.WEB_DIRECTORY)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", check=True)
-    count, web = result.stdout.split()
+    count, web = stdout.split()
     assert int(count) >= 15 and web == "./web"
     assert (ROOT / "web").is_dir()
+
+
+def test_loading_the_pack_leaves_sys_path_alone_and_exposes_only_the_library():
+    # The folder is not put on sys.path (it would make the checkout's nodes/, scripts/, tests/ top-level
+    # modules over ComfyUI's own `nodes`); the library is registered under its one name, from this folder,
+    # and the nodes use that same module (no second copy under the pack's name).
+    stdout = load_pack_like_comfyui(
+        "assert sys.path == path_before, (path_before, sys.path)\n"
+        "for name in ('nodes', 'scripts', 'tests', 'benchmarks', 'fourdnex_train'):\n"
+        "    assert importlib.util.find_spec(name) is None, name\n"
+        "library = sys.modules['fourdnex_core']\n"
+        "assert not any(name.startswith('ComfyUI_4DNeX.fourdnex_core') for name in sys.modules)\n"
+        "print(library.__file__)\n"
+    )
+    assert Path(stdout.strip()) == ROOT / "fourdnex_core" / "__init__.py"
 
 
 def test_entry_point_also_imports_as_a_plain_module():

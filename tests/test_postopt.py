@@ -328,3 +328,52 @@ def test_flat_point_maps_are_refused_with_a_reason_not_a_linear_algebra_error():
     xyz[:, :4] = torch.randn(2, 4, 16, 3)  # a third of the points spread out, the rest at the origin
     with pytest.raises(ValueError, match=r"sit at one place \(0.0, 0.0, 0.0\).*flat or empty"):
         post_optimize(xyz, iterations=3)
+
+
+def test_sampled_solve_draws_distinct_usable_pixels_and_stays_exact():
+    """Frames much larger than the sample: pixels are drawn at random, never reading every pixel."""
+    from fourdnex_core.geometry.postopt.sampling import draw_samples
+
+    scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, invalid_fraction=0.2, seed=21)
+    mask = torch.ones(scene.xyz.shape[:3], dtype=torch.bool)
+    mask[:, :, :10] = False
+    samples = draw_samples(scene.xyz, mask, 0.0, 64, seed=3)
+    assert samples.index.shape == (FRAMES, 64) and bool((samples.weights == 1).all())
+    usable = (scene.valid & mask).flatten(1)
+    assert bool(torch.gather(usable, 1, samples.index).all())
+    assert all(len(set(row.tolist())) == 64 for row in samples.index)
+    result = post_optimize(scene.xyz, mask, max_points_per_frame=64)
+    assert torch.equal(result.valid, scene.valid & mask)
+    assert float(rotation_errors(result, scene).max()) < 0.01
+    assert float(focal_errors(result, scene).max()) < 1e-3
+
+
+def test_mostly_masked_frames_fall_back_to_every_pixel():
+    from fourdnex_core.geometry.postopt.sampling import draw_samples
+
+    scene = make_synthetic_scene(3, HEIGHT, WIDTH, seed=22)
+    mask = torch.zeros(scene.xyz.shape[:3], dtype=torch.bool)
+    mask[:, 5:9, 10:30] = True  # 80 of 1350 pixels: too few among random draws
+    samples = draw_samples(scene.xyz, mask, 0.0, 64, seed=0)
+    assert bool(torch.gather(mask.flatten(1), 1, samples.index).all())
+    assert all(len(set(row.tolist())) == 64 for row in samples.index)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("bad", [torch.nan, torch.inf, -torch.inf])
+def test_one_bad_coordinate_makes_a_pixel_invalid_under_an_axis_aligned_camera(axis, bad):
+    """The full-image pass finds non-finite points through their error; a camera with exact zeros
+    in its rotation (the identity) must not hide them."""
+    from fourdnex_core.geometry.postopt.result import PostOptResult
+
+    scene = make_synthetic_scene(2, HEIGHT, WIDTH, seed=23)
+    xyz = scene.xyz.clone()
+    xyz[1, 4, 7, axis] = bad
+    intrinsics = torch.tensor([[40.0, 40.0, 22.0, 14.5]]).expand(2, 4)
+    result = PostOptResult.from_cameras(xyz, None, 0.0, intrinsics, torch.eye(3).expand(2, 3, 3), torch.zeros(2, 3),
+                                        shared_intrinsics=True, iterations=0)
+    expected = torch.ones(2, HEIGHT, WIDTH, dtype=torch.bool)
+    expected[1, 4, 7] = False
+    assert torch.equal(result.valid, expected)
+    assert float(result.depth[1, 4, 7]) == 0.0 and float(result.point_errors[1, 4, 7]) == 0.0
+    assert bool(torch.isfinite(result.residuals).all())

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from kornia.geometry.depth import depth_to_3d_v2
 
+from fourdnex_core.geometry.confidence import check_min_confidence, mask_keeps
 from fourdnex_core.scene_file import Scene
 
 logger = logging.getLogger(__name__)
@@ -154,21 +155,16 @@ def valid_mask(xyz: np.ndarray, mask: np.ndarray | None = None, depth: np.ndarra
                min_confidence: float = 0.0) -> np.ndarray:
     """Points worth keeping: finite, kept by ``mask`` and (when given) with positive depth.
 
-    xyz: [H, W, 3]; depth: [H, W]; mask: [H, W] bool validity (True keeps), or float confidence
-    (kept where it is above 0 and at least ``min_confidence``; NaN drops; a bool mask ignores
-    ``min_confidence``). Returns [H, W] bool.
+    xyz: [H, W, 3]; depth: [H, W]; mask: [H, W] bool validity or float confidence, read by the
+    one rule of :func:`fourdnex_core.geometry.confidence.mask_keeps` (a confidence is kept above
+    0 and at least ``min_confidence``; a bool mask has no confidence, so the threshold does not
+    apply to it; negative or infinite confidence is an error). Returns [H, W] bool.
     """
     _check_map("xyz", xyz, 3)
-    if min_confidence < 0:
-        raise ValueError(f"min_confidence must be >= 0, got {min_confidence}.")
+    check_min_confidence(min_confidence)
     keep = np.isfinite(xyz).all(axis=-1)
     if mask is not None:
-        mask = np.asarray(mask)
-        if np.issubdtype(mask.dtype, np.floating):
-            with np.errstate(invalid="ignore"):
-                keep &= (mask > 0) & (mask >= min_confidence)
-        else:
-            keep &= mask.astype(bool)
+        keep &= mask_keeps(np.asarray(mask), min_confidence)
     if depth is not None:
         keep &= np.isfinite(depth) & (depth > 0)
     return keep

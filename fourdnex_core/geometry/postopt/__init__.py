@@ -35,7 +35,8 @@ solver, for comparison).
 """
 
 from fourdnex_core.geometry.postopt.conventions import XYZConvention, decoded_xyz_to_scene
-from fourdnex_core.geometry.postopt.inputs import MIN_POINTS_PER_FRAME, mask_keeps, point_weights, usable_points
+from fourdnex_core.geometry.confidence import mask_keeps
+from fourdnex_core.geometry.postopt.inputs import MIN_POINTS_PER_FRAME, usable_points
 from fourdnex_core.geometry.postopt.problem import RobustLoss
 from fourdnex_core.geometry.postopt.result import PostOptResult
 from fourdnex_core.geometry.postopt.solve import post_optimize
@@ -47,7 +48,6 @@ __all__ = [
     "XYZConvention",
     "decoded_xyz_to_scene",
     "mask_keeps",
-    "point_weights",
     "post_optimize",
     "usable_points",
 ]

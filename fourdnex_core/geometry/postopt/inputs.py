@@ -7,22 +7,18 @@ import logging
 
 import torch
 
-from fourdnex_core.geometry.postopt.problem import length
+from fourdnex_core.geometry.confidence import check_confidence, check_min_confidence, mask_keeps
 from fourdnex_core.geometry.postopt.robust import ROBUST_WIDTH
 
 logger = logging.getLogger(__name__)
 
 MIN_POINTS_PER_FRAME = 16
-_PRECISION_ULPS = 16.0  # XYZ rounding: distances below this many machine epsilons (of the scene size) are noise
 
 
-def usable_points(xyz: torch.Tensor, mask: torch.Tensor | None = None, min_confidence: float = 0.0) -> torch.Tensor:
-    """Check XYZ frames and return the pixels a solver may use: finite and kept by ``mask``.
-
-    xyz: [F, H, W, 3] float; mask: [F, H, W] bool validity, float confidence (see
-    :func:`mask_keeps`) or None. Returns valid: [F, H, W] bool.
-    Raises ValueError naming the problem when shapes are wrong or a frame has too few points.
-    """
+def check_inputs(xyz: torch.Tensor, mask: torch.Tensor | None, min_confidence: float) -> None:
+    """Raise a ValueError naming the problem when xyz [F, H, W, 3] or mask [F, H, W] are not
+    what post-optimization takes (shapes, dtypes, a threshold without confidence, negative or
+    infinite confidence). Reads the confidence map once; never reads xyz."""
     if not isinstance(xyz, torch.Tensor) or xyz.ndim != 4 or xyz.shape[-1] != 3:
         shape = tuple(xyz.shape) if isinstance(xyz, torch.Tensor) else type(xyz).__name__
         raise ValueError(f"xyz must be a tensor [F, H, W, 3] (channels last), got {shape}.")
@@ -30,56 +26,48 @@ def usable_points(xyz: torch.Tensor, mask: torch.Tensor | None = None, min_confi
         raise ValueError(f"xyz must be a float tensor in scene units, got {xyz.dtype}; see decoded_xyz_to_scene.")
     if mask is not None and tuple(mask.shape) != tuple(xyz.shape[:3]):
         raise ValueError(f"mask must be [F, H, W] = {tuple(xyz.shape[:3])} to match xyz, got {tuple(mask.shape)}.")
+    check_min_confidence(min_confidence)
+    if min_confidence > 0 and (mask is None or not mask.is_floating_point()):
+        given = "none was given" if mask is None else f"the mask is {mask.dtype}"
+        raise ValueError(f"min_confidence={min_confidence} needs a float confidence map as mask, but {given}; pass "
+                         "the confidence itself, or min_confidence=0.")
+    if mask is not None:
+        check_confidence(mask)
+
+
+def usable_points(xyz: torch.Tensor, mask: torch.Tensor | None = None, min_confidence: float = 0.0) -> torch.Tensor:
+    """Check XYZ frames and return the pixels a solver may use: finite and kept by ``mask``.
+
+    xyz: [F, H, W, 3] float; mask: [F, H, W] bool validity, float confidence (see
+    :func:`~fourdnex_core.geometry.confidence.mask_keeps`) or None. Returns valid: [F, H, W] bool.
+    Raises ValueError naming the problem when shapes are wrong or a frame has too few points.
+    """
+    check_inputs(xyz, mask, min_confidence)
     valid = torch.isfinite(xyz).all(dim=-1)
     if mask is not None:
-        valid &= mask_keeps(mask, min_confidence).to(xyz.device)
-    elif min_confidence > 0:
-        raise ValueError(f"min_confidence={min_confidence} needs a float confidence map as mask; none was given.")
-    dropped = int((~valid).sum())
-    if dropped:
-        logger.info("post-optimization: %d of %d points are non-finite, masked out or not confident; they are "
-                    "ignored.", dropped, valid.numel())
-    poor = (valid.flatten(1).sum(dim=1) < MIN_POINTS_PER_FRAME).nonzero().flatten().tolist()
-    if poor:
-        cause = "non-finite, masked out or not confident" if mask is not None else "non-finite (NaN or inf)"
-        raise ValueError(
-            f"Frames {poor} have fewer than {MIN_POINTS_PER_FRAME} usable XYZ points (the rest are {cause}); "
-            "post-optimization needs them. Drop those frames or fix the XYZ / mask."
-        )
+        valid &= mask_keeps(mask, min_confidence, checked=True).to(xyz.device)
+    check_counts(valid.flatten(1).sum(dim=1), valid[0].numel(), mask is not None)
     return valid
 
 
-def mask_keeps(mask: torch.Tensor, min_confidence: float = 0.0) -> torch.Tensor:
-    """The pixels a validity mask or confidence map keeps.
-
-    mask: [F, H, W] bool (True keeps), or float confidence >= 0 (kept where it is above 0 and at
-    least ``min_confidence``; NaN drops). Other dtypes are read as validity (non-zero keeps).
-    Returns [F, H, W] bool. Raises ValueError for negative or infinite confidence, or for a
-    ``min_confidence`` given with a bool mask.
-    """
-    if not mask.is_floating_point():
-        if min_confidence > 0:
-            raise ValueError(f"min_confidence={min_confidence} needs a float confidence map, but the mask is "
-                             f"{mask.dtype}; pass the confidence itself, or min_confidence=0.")
-        return mask.to(torch.bool)
-    if bool((mask < 0).any()) or bool(torch.isinf(mask).any()):
-        finite = mask[torch.isfinite(mask)]
-        low = float(finite.min()) if finite.numel() else float("nan")
-        raise ValueError(f"Confidence must be finite and >= 0 (0 or NaN drops a point), got values down to {low} "
-                         "or infinite ones; pass probabilities, or exp() of a log-confidence.")
-    return (mask > 0) & (mask >= min_confidence)
-
-
-def point_weights(valid: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-pixel solver weights [F, H, W] float64: the confidence (a float ``mask``) or 1 at
-    valid pixels, 0 elsewhere. valid: [F, H, W] bool from :func:`usable_points`."""
-    if mask is None or not mask.is_floating_point():
-        return valid.to(torch.float64)
-    return torch.where(valid, mask.to(device=valid.device, dtype=torch.float64), 0.0)
+def check_counts(counts: torch.Tensor, pixels: int, masked: bool) -> None:
+    """Log how many pixels are left out, from the usable ones per frame (counts [F]) out of
+    ``pixels`` per frame; raise for frames with too few."""
+    total = pixels * len(counts)
+    dropped = total - int(counts.sum())
+    if dropped:
+        logger.info("post-optimization: %d of %d points are non-finite, masked out or not confident; they are "
+                    "ignored.", dropped, total)
+    poor = (counts < MIN_POINTS_PER_FRAME).nonzero().flatten().tolist()
+    if poor:
+        cause = "non-finite, masked out or not confident" if masked else "non-finite (NaN or inf)"
+        raise ValueError(f"Frames {poor} have fewer than {MIN_POINTS_PER_FRAME} usable XYZ points (the rest are "
+                         f"{cause}); post-optimization needs them. Drop those frames or fix the XYZ / mask.")
 
 
 def check_options(focal: float | tuple[float, float] | None, iterations: int, robust: str,
-                   max_points_per_frame: int | None, min_confidence: float) -> None:
+                  max_points_per_frame: int | None) -> None:
+    """Raise a ValueError naming the option that post-optimization cannot take."""
     if focal is not None:
         values = focal if isinstance(focal, tuple) else (focal,)
         if len(values) not in (1, 2) or not all(value > 0 for value in values):
@@ -90,37 +78,5 @@ def check_options(focal: float | tuple[float, float] | None, iterations: int, ro
         raise ValueError(f"Unknown robust loss {robust!r}; use one of {sorted(ROBUST_WIDTH)}.")
     if max_points_per_frame is not None and max_points_per_frame < MIN_POINTS_PER_FRAME:
         raise ValueError(f"max_points_per_frame must be >= {MIN_POINTS_PER_FRAME} or None, got {max_points_per_frame}.")
-    if not min_confidence >= 0:
-        raise ValueError(f"min_confidence must be >= 0, got {min_confidence}.")
 
 
-def scene_normalization(points: torch.Tensor, valid: torch.Tensor,
-                         input_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Robust centre [3] and scale [] of the valid points, so the solve runs on unit-size data,
-    and the rounding precision of the input points in those units."""
-    inside = points[valid]
-    centre = inside.median(dim=0).values
-    spread = length(inside - centre).median()
-    if not spread > 0:
-        raise ValueError(f"Half or more of the {len(inside)} usable XYZ points sit at one place "
-                         f"{tuple(round(v, 6) for v in centre.tolist())}: the point maps are flat or empty (all "
-                         "zero?), and cameras cannot be fitted to them. Check how the scene was made.")
-    scale = spread.clamp(min=torch.finfo(points.dtype).tiny)
-    magnitude = max(float(length(inside).median() / scale), 1.0)
-    return centre, scale, _PRECISION_ULPS * torch.finfo(input_dtype).eps * magnitude
-
-
-def sample_pixels(weights: torch.Tensor, max_points: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick up to max_points valid pixels per frame at random, whatever their weight.
-
-    weights: [F, H, W] float64, 0 at invalid pixels. Returns (flat pixel indices [F, N],
-    weights [F, N]: the pixels' weights, 0 for padding).
-    """
-    flat = weights.flatten(1)
-    if max_points is None or max_points >= flat.shape[1]:
-        index = torch.arange(flat.shape[1], device=weights.device).expand(flat.shape[0], -1)
-    else:
-        generator = torch.Generator(device=weights.device).manual_seed(seed)
-        keys = torch.rand(flat.shape, generator=generator, device=weights.device)
-        index = keys.masked_fill(flat <= 0, 2.0).topk(max_points, dim=1, largest=False).indices
-    return index, torch.gather(flat, 1, index)

@@ -6,18 +6,12 @@ from collections.abc import Callable
 
 import torch
 
-from fourdnex_core.geometry.cameras import cams2world_matrix, intrinsics_matrix, pixel_grid
-from fourdnex_core.geometry.postopt.inputs import (
-    check_options,
-    point_weights,
-    sample_pixels,
-    scene_normalization,
-    usable_points,
-)
+from fourdnex_core.geometry.postopt.inputs import check_inputs, check_options
 from fourdnex_core.geometry.postopt.linear_start import initial_state
 from fourdnex_core.geometry.postopt.problem import Problem, RobustLoss, free_intrinsics
 from fourdnex_core.geometry.postopt.refine import levenberg_marquardt
-from fourdnex_core.geometry.postopt.result import PostOptResult, closed_form_depth, warn_if_behind
+from fourdnex_core.geometry.postopt.result import PostOptResult
+from fourdnex_core.geometry.postopt.sampling import draw_samples, scene_normalization
 
 _INIT_POINTS_PER_FRAME = 2048  # samples per frame for the linear start (the refinement uses all samples)
 
@@ -59,25 +53,18 @@ def post_optimize(
     Returns:
         A :class:`PostOptResult`, in the dtype of ``xyz``.
     """
-    check_options(focal, iterations, robust, max_points_per_frame, min_confidence)
-    valid = usable_points(xyz, mask, min_confidence)
+    check_options(focal, iterations, robust, max_points_per_frame)
+    check_inputs(xyz, mask, min_confidence)
+    xyz = xyz.detach()
     _, height, width, _ = xyz.shape
-    points64 = xyz.detach().to(torch.float64)
-    centre, scale, precision = scene_normalization(points64, valid, xyz.dtype)
-    points_n = torch.where(valid[..., None], (points64 - centre) / scale, 0.0)
-    uv = pixel_grid(height, width, dtype=torch.float64, device=xyz.device)
-    sample_index, sample_weight = sample_pixels(point_weights(valid, mask), max_points_per_frame, seed)
-    sample_points = torch.gather(points_n.flatten(1, 2), 1, sample_index[..., None].expand(-1, -1, 3))
-    sample_uv = uv.reshape(-1, 2)[sample_index]
+    samples = draw_samples(xyz, mask, min_confidence, max_points_per_frame, seed)
+    centre, scale, precision = scene_normalization(samples, xyz.dtype)
+    points = torch.where(samples.weights[..., None] > 0, (samples.points - centre) / scale, 0.0)
 
-    problem = Problem(sample_uv, sample_points, sample_weight, robust, share_focal or focal is not None,
-                       free_intrinsics(fix_principal_point, focal), precision)
+    problem = Problem(samples.pixels(width), points, samples.weights, robust, share_focal or focal is not None,
+                      free_intrinsics(fix_principal_point, focal), precision)
     state = initial_state(problem.head(_INIT_POINTS_PER_FRAME), height, width, focal)
     state, iterations_run = levenberg_marquardt(problem, state, iterations, callback)
-
-    rotation, translation = state.rotation, state.translation * scale + centre
-    intrinsics = intrinsics_matrix(*state.intrinsics.unbind(-1))
-    depth = closed_form_depth(points64, valid, intrinsics, rotation, translation)
-    warn_if_behind(depth, valid)
-    return PostOptResult.from_depth(xyz.detach(), valid, intrinsics, cams2world_matrix(rotation, translation), depth,
-                                    shared_intrinsics=problem.shared, iterations=iterations_run)
+    return PostOptResult.from_cameras(xyz, mask, min_confidence, state.intrinsics, state.rotation,
+                                      state.translation * scale + centre, shared_intrinsics=problem.shared,
+                                      iterations=iterations_run)

@@ -169,7 +169,7 @@ def _replace_flipped_poses(problem: Problem, state: State) -> State:
     Lines cannot tell a camera from its mirror image looking away; a noisy linear solve may land
     there, and a neighbouring frame's pose is a safe start instead.
     """
-    depth = ray_geometry(problem, state).depth[..., 0]
+    depth = ray_geometry(problem, state).depth
     ahead = torch.where(problem.weights > 0, depth, torch.nan).nanmedian(dim=1).values > 0
     if bool(ahead.all()) or not bool(ahead.any()):
         return state

@@ -6,6 +6,8 @@ transform of that representation, in pixel space and in latent space:
 
 * :func:`fuse_width` / :func:`split_width`: the side-by-side layout;
 * :func:`xyz_init_map`: the sloped-plane XYZ guess for the first frame (paper eq. 6);
+* :func:`xyz_to_pixels` / :func:`pixels_to_xyz`: XYZ as video pixels and back (:func:`xyz_image`:
+  clamped, to look at);
 * :func:`normalize_point_maps` / :func:`denormalize_point_maps`: point maps to [-1, 1] and back,
   keeping centre and scale so known units can be restored;
 * :func:`normalize_xyz_latent` / :func:`denormalize_xyz_latent`: the fixed XYZ latent statistics
@@ -111,6 +113,11 @@ def xyz_init_map(height: int, width: int, *, dtype: torch.dtype = torch.float32,
 def xyz_to_pixels(xyz: torch.Tensor) -> torch.Tensor:
     """Scene units in [-1, 1] -> video pixels in [0, 1]: (xyz + 1) / 2 (how XYZ is written as video)."""
     return (xyz + 1.0) / 2.0
+
+
+def xyz_image(xyz: torch.Tensor) -> torch.Tensor:
+    """Point maps [F, H, W, 3] in scene units -> a picture [F, H, W, 3] in [0, 1]: (xyz + 1) / 2, clamped."""
+    return xyz_to_pixels(xyz.float()).clamp(0.0, 1.0)
 
 
 def pixels_to_xyz(pixels: torch.Tensor) -> torch.Tensor:

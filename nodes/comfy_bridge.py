@@ -11,15 +11,17 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from fourdnex_core.comfy_types import FourDNeXModel
 from fourdnex_core.lowvram import LowVramOptions, transformer_on_device
-from fourdnex_core.lowvram.block_swap import module_bytes, transformer_blocks
+from fourdnex_core.lowvram.block_swap import model_resident_bytes, module_bytes
+
+from .comfy_values import FourDNeXModel
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin")
 
@@ -120,6 +122,48 @@ def temp_directory() -> Path:
     return Path(os.environ.get("FOURDNEX_TEMP_DIR", Path(tempfile.gettempdir()) / "fourdnex_temp"))
 
 
+def safe_output_folder(output_dir: str | Path, filename_prefix: str) -> tuple[Path, str]:
+    """(folder, base name) of a ComfyUI ``filename_prefix`` such as ``"4dnex/scene"`` under ``output_dir``.
+
+    A prefix that is absolute, uses ``..`` or otherwise leaves ``output_dir`` is refused.
+    """
+    prefix = filename_prefix.strip().replace("\\", "/")
+    if not prefix or prefix.endswith("/"):
+        raise ValueError(f"filename_prefix {filename_prefix!r} names no file; use e.g. '4dnex/scene'.")
+    if prefix.startswith("/") or re.match(r"^[A-Za-z]:", prefix) or ".." in prefix.split("/"):
+        raise ValueError(f"filename_prefix {filename_prefix!r} leaves the output folder; use a relative name "
+                         "such as '4dnex/scene' (no '..', no absolute path).")
+    root = Path(output_dir).resolve()
+    folder = (root / prefix).parent.resolve()
+    if folder != root and root not in folder.parents:
+        raise ValueError(f"filename_prefix {filename_prefix!r} leaves the output folder {root}.")
+    return folder, Path(prefix).name
+
+
+def next_counter(folder: Path, base: str) -> int:
+    """The next free counter for ``base_NNNNN_*`` names in ``folder`` (ComfyUI's numbering)."""
+    pattern = re.compile(rf"^{re.escape(base)}_(\d{{5}})_")
+    escaped = re.sub(r"([*?\[])", r"[\1]", base)
+    used = [int(m.group(1)) for p in folder.glob(f"{escaped}_*") if (m := pattern.match(p.name))]
+    return max(used, default=0) + 1
+
+
+def save_path(output_dir: str | Path, filename_prefix: str) -> tuple[Path, str]:
+    """(folder, stem ``name_00001_``) of the next files for ``filename_prefix`` under ``output_dir``; the
+    folder exists. The prefix is checked by :func:`safe_output_folder`; inside ComfyUI the folder and
+    counter come from ``folder_paths.get_save_image_path`` (its ``%date%``-style variables too)."""
+    folder, base = safe_output_folder(output_dir, filename_prefix)
+    folder_paths = _comfy("folder_paths")
+    if folder_paths is not None:
+        prefix = filename_prefix.strip().replace("\\", "/")
+        full_folder, base, counter, _, _ = folder_paths.get_save_image_path(prefix, str(output_dir))
+        folder = Path(full_folder)
+    else:
+        counter = next_counter(folder, base)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, f"{base}_{counter:05d}_"
+
+
 # ---------------------------------------------------------------- devices and memory
 
 
@@ -169,11 +213,10 @@ def on_compute_device(*modules: torch.nn.Module) -> Iterator[torch.device]:
 
 
 def _resident_bytes(transformer: torch.nn.Module, options: LowVramOptions) -> int:
-    """Bytes of ``transformer`` that stay on the GPU during a run (all but the swapped blocks;
-    with "auto" the whole model: ComfyUI frees what it can and the swap count follows)."""
+    """Bytes of ``transformer`` on the GPU during a run (the resident blocks and the swapped ones in
+    flight; with "auto" the whole model: ComfyUI frees what it can and the swap count follows)."""
     swapped = options.blocks_to_swap if isinstance(options.blocks_to_swap, int) else 0
-    blocks = transformer_blocks(transformer)
-    return module_bytes(transformer) - sum(module_bytes(block) for block in blocks[:swapped])
+    return model_resident_bytes(transformer, swapped, prefetch=options.prefetch)
 
 
 @contextlib.contextmanager

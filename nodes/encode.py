@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from fourdnex_core.comfy_types import ClipVisionOutput, conditioning
 from fourdnex_core.encoders import encode_image, encode_prompt, with_pointmap_style
 from fourdnex_core.presets import WAN_NEGATIVE_PROMPT
 
 from . import comfy_bridge as comfy
+from .comfy_values import ClipVisionOutput, conditioning
 
 
 class FourDNeXTextEncode:

@@ -4,31 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from fourdnex_core.comfy_types import (
-    TRAJECTORIES,
-    PointClouds,
-    depth_image,
-    next_counter,
-    point_maps_from_postopt,
-    point_maps_from_scene,
-    preview_cameras,
-    safe_output_folder,
-    scene_from,
-    write_viewer_points,
-)
-from fourdnex_core.comfy_types import (
-    trajectory as trajectory_poses,
-)
 from fourdnex_core.geometry.export_cameras import CameraSet, write_cameras_json
 from fourdnex_core.geometry.export_glb import write_glb
 from fourdnex_core.geometry.export_ply import write_ply
+from fourdnex_core.geometry.export_viewer import write_viewer_points
+from fourdnex_core.geometry.point_maps import depth_image, point_maps_from_postopt, point_maps_from_scene, scene_from
 from fourdnex_core.geometry.pointcloud import PointFilter
 from fourdnex_core.geometry.postopt import post_optimize
 from fourdnex_core.geometry.render import fit_intrinsics, render_views
+from fourdnex_core.geometry.trajectories import TRAJECTORIES, preview_cameras
+from fourdnex_core.geometry.trajectories import trajectory as trajectory_poses
 from fourdnex_core.scene_file import load_scene
 from fourdnex_core.scene_file import save_scene as write_scene
 
 from . import comfy_bridge as comfy
+from .comfy_values import PointClouds
 
 MAX_POINTS = 10_000_000
 VIEWER_SUBFOLDER = "4dnex_viewer"
@@ -151,13 +141,11 @@ class FourDNeXPointCloudPreview:
         scene = point_clouds.scene
         clouds = point_clouds.clouds(max_points)
         progress = comfy.Progress(2 * len(clouds), unique_id)
-        temp = comfy.temp_directory() / VIEWER_SUBFOLDER
-        temp.mkdir(parents=True, exist_ok=True)
-        name = f"points_{next_counter(temp, 'points'):05d}_.bin"
+        temp, stem = comfy.save_path(comfy.temp_directory(), f"{VIEWER_SUBFOLDER}/points")
+        name = f"{stem}.bin"
         write_viewer_points(temp / name, _stepping(clouds, progress), fps)
-        glb_folder, base = safe_output_folder(comfy.output_directory(), "3d/4dnex_points")
-        glb_folder.mkdir(parents=True, exist_ok=True)
-        glb_name = f"{base}_{next_counter(glb_folder, base):05d}_.glb"
+        glb_folder, glb_stem = comfy.save_path(comfy.output_directory(), "3d/4dnex_points")
+        glb_name = f"{glb_stem}.glb"
         write_glb(glb_folder / glb_name, clouds, fps)
         K, cams2world = preview_cameras(scene)
         rendered = _render(clouds, K, cams2world, scene.rgb.shape[1:3], render_width, render_height, 1, progress)
@@ -203,9 +191,7 @@ class FourDNeXSave:
 
     def save(self, point_clouds, filename_prefix, save_scene, save_ply, save_glb, save_cameras, fps):
         root = comfy.output_directory()
-        folder, base = safe_output_folder(root, filename_prefix)
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = f"{base}_{next_counter(folder, base):05d}_"
+        folder, stem = comfy.save_path(root, filename_prefix)
         scene, written = point_clouds.scene, []
         scene.check_points("The scene to save")
         if save_scene:
@@ -240,7 +226,7 @@ class FourDNeXLoadScene:
 
     def load(self, scene_file):
         for root in (comfy.output_directory(), comfy.input_directory()):
-            folder, name = safe_output_folder(root, scene_file)
+            folder, name = comfy.safe_output_folder(root, scene_file)
             if (folder / name).is_file():
                 point_maps, cameras = point_maps_from_scene(load_scene(folder / name))
                 return (point_maps, cameras, point_maps.rgb)
@@ -292,6 +278,8 @@ class FourDNeXRenderNovelView:
     def render(self, point_clouds, trajectory, num_views, arc_degrees, distance, offset_x, offset_y, offset_z,
                time_frame, width, height, point_size, unique_id=None):
         scene = point_clouds.scene
+        if scene.K is None or scene.cams2world is None:
+            raise ValueError("The scene has no cameras; run 4DNeX Post-Optimize on the point maps first.")
         poses = trajectory_poses(scene, trajectory, num_views or scene.num_frames, arc_degrees, distance,
                            (offset_x, offset_y, offset_z))
         clouds = point_clouds.clouds()

@@ -15,7 +15,8 @@ import importlib
 
 import torch
 
-from fourdnex_core.comfy_types import PointMaps, xyz_image
+from fourdnex_core.geometry.point_maps import PointMaps
+from fourdnex_core.representation import xyz_image
 from fourdnex_core.decode import split_decoded_frames
 from fourdnex_core.image_io import RESIZE_MODES, fit_image, image_to_tensor
 from fourdnex_core.loading.wan_keys import original_to_diffusers

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from fourdnex_core.comfy_types import PointMaps, image_embeds, text_embeds, xyz_image
 from fourdnex_core.conditioning import encode_condition
 from fourdnex_core.decode import decode_wide_latent
+from fourdnex_core.geometry.point_maps import PointMaps
 from fourdnex_core.image_io import RESIZE_MODES, fit_image, image_to_tensor, resize_point_map
 from fourdnex_core.job_size import check_job_fits
 from fourdnex_core.lowvram import sampling_transformer
-from fourdnex_core.representation import check_video_size, xyz_init_map
+from fourdnex_core.representation import check_video_size, xyz_image, xyz_init_map
 from fourdnex_core.sampler import Conditioning, SamplingSettings, sample
 from fourdnex_core.presets import RELEASE
 from fourdnex_core.schedulers import SAMPLERS, SCHEDULES
 
 from . import comfy_bridge as comfy
+from .comfy_values import image_embeds, text_embeds
 
 MAX_SIDE = 2048
 SIZE = {"min": 16, "max": MAX_SIDE, "step": 16}

@@ -2,7 +2,7 @@
 
 Loads ``umt5_xxl_fp16.safetensors`` with ComfyUI's own API (``comfy.sd.load_clip``, type wan, as
 ``CLIPLoader`` + ``CLIPTextEncode`` do) and with ``fourdnex_core`` (``load_text_encoder`` +
-``encode_prompt``, then :func:`fourdnex_core.comfy_types.text_embeds`, the nodes' padding to
+``encode_prompt``, then the nodes' ``text_embeds`` (``nodes/comfy_values.py``), their padding to
 512), and ``clip_vision_h.safetensors`` with ``comfy.clip_vision.load`` + ``encode_image(crop=
 "center")`` (``CLIPVisionEncode``) and with ``load_clip_vision`` + ``encode_image``; prints one
 table row per comparison. One model is in memory at a time (UMT5-XXL is 11.4 GB in fp16).
@@ -35,6 +35,16 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def comfy_values():
+    """The pack's ``nodes/comfy_values.py``, loaded from its file: ``nodes`` is ComfyUI's own module here."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fourdnex_comfy_values", REPO / "nodes" / "comfy_values.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 PROMPTS = {
     "boat + POINTMAP_STYLE.": "a small boat drifting on a calm lake, gentle waves POINTMAP_STYLE.",
     "camera (plain)": "The camera slowly orbits a red ball on a checkered floor.",
@@ -83,7 +93,7 @@ def comfy_text(path: Path, prompts: dict[str, str]) -> dict[str, dict]:
 
 
 def our_text(path: Path, prompts: dict[str, str], dtype: str) -> dict[str, dict]:
-    from fourdnex_core.comfy_types import conditioning
+    conditioning = comfy_values().conditioning
     from fourdnex_core.encoders import clean_prompt, encode_prompt
     from fourdnex_core.loading.text_encoder_loader import load_text_encoder
 
@@ -110,7 +120,8 @@ def compare_narrow_text(spiece_source: Path, prompts: dict[str, str], table: lis
     """Both implementations in fp32 on a narrow UMT5 file (fp32 weights): what is left is not precision."""
     import comfy.sd
 
-    from fourdnex_core.comfy_types import conditioning, text_embeds
+    values = comfy_values()
+    conditioning, text_embeds = values.conditioning, values.text_embeds
     from fourdnex_core.encoders import encode_prompt
     from fourdnex_core.loading.encoder_writers import write_random_text_encoder
     from fourdnex_core.loading.safetensors_io import SafetensorsReader, read_header
@@ -146,7 +157,7 @@ def load_image(path: Path) -> torch.Tensor:
 def compare_image(path: Path, image: torch.Tensor, table: list) -> None:
     import comfy.clip_vision
 
-    from fourdnex_core.comfy_types import image_embeds
+    image_embeds = comfy_values().image_embeds
     from fourdnex_core.encoders import encode_image
     from fourdnex_core.loading.clip_vision_loader import load_clip_vision
 
@@ -195,7 +206,7 @@ def main() -> int:
     sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its own command line when comfy.cli_args is imported
     torch.set_grad_enabled(False)
 
-    from fourdnex_core.comfy_types import text_embeds
+    text_embeds = comfy_values().text_embeds
     from fourdnex_core.presets import WAN_NEGATIVE_PROMPT
 
     table: list[dict] = []

@@ -11,7 +11,7 @@ import torch
 
 import fourdnex_core.atomic_write as atomic_write
 from fourdnex_core.atomic_write import atomic_path
-from fourdnex_core.comfy_types import write_viewer_points
+from fourdnex_core.geometry.export_viewer import write_viewer_points
 from fourdnex_core.geometry.export_cameras import CameraSet, write_cameras_json, write_transforms_json
 from fourdnex_core.geometry.export_glb import write_glb
 from fourdnex_core.geometry.export_ply import write_ply

@@ -11,22 +11,18 @@ import pytest
 import torch
 
 import nodes
-from fourdnex_core.comfy_types import (
-    ClipVisionOutput,
-    PointMaps,
-    conditioning,
-    read_viewer_points,
-    safe_output_folder,
-    text_embeds,
-)
 from fourdnex_core.encoders import encode_prompt, with_pointmap_style
 from fourdnex_core.geometry.export_glb import read_glb, validate_glb
 from fourdnex_core.geometry.export_ply import read_ply
+from fourdnex_core.geometry.export_viewer import read_viewer_points
+from fourdnex_core.geometry.point_maps import PointMaps
 from fourdnex_core.image_io import fit_image, image_to_tensor, load_image
 from fourdnex_core.model_set import ModelLocations, load_pipeline
 from fourdnex_core.sampler import SamplingSettings
 from fourdnex_core.scene_file import load_scene
 from fourdnex_core.tiny import COMFY_FILES, make_tiny_models
+from nodes.comfy_bridge import safe_output_folder
+from nodes.comfy_values import ClipVisionOutput, conditioning, text_embeds
 
 N = nodes.NODE_CLASS_MAPPINGS
 EXAMPLE = Path(__file__).resolve().parents[1] / "fourdnex_core" / "assets" / "example.png"

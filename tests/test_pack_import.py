@@ -1,6 +1,7 @@
 """The pack imports as ComfyUI imports it (the repository folder as a package), without ComfyUI."""
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,37 @@ def test_no_module_of_the_library_imports_comfyui():
         for forbidden in ("import comfy", "from comfy", "import folder_paths", "from folder_paths"):
             assert forbidden not in text, f"{path} imports ComfyUI ({forbidden})"
     assert importlib.util.find_spec("comfy") is None  # the tests themselves run without ComfyUI
+
+
+# ComfyUI's own socket types (core nodes declare them); the pack's other types are its own.
+COMFY_CORE_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP",
+                    "CLIP_VISION", "SIGMAS", "SAMPLER", "NOISE", "GUIDER"}
+# Words only a node needs: ComfyUI's value types and node API, the pack's socket types, node names.
+COMFY_WORDS = {"CONDITIONING", "CLIP_VISION_OUTPUT", "INPUT_TYPES", "RETURN_TYPES", "NODE_CLASS_MAPPINGS",
+               "folder_paths", "custom_nodes", "filename_prefix", "UNIQUE_ID"}
+
+
+def _declared_types(node: type) -> set[str]:
+    inputs = [spec[0] for section in node.INPUT_TYPES().values() for spec in section.values()
+              if isinstance(spec, tuple)]  # hidden inputs are plain strings ("UNIQUE_ID")
+    return {t for t in [*node.RETURN_TYPES, *inputs] if isinstance(t, str)}
+
+
+def test_comfyui_knowledge_lives_only_under_nodes():
+    # The library and the trainer name no ComfyUI value type, node API, socket type of the pack or
+    # node (class or display name): what a node needs of ComfyUI is in nodes/. UMT5 is a socket type
+    # and also the text encoder's own name, which the library uses.
+    import nodes
+
+    pack_types = set().union(*(_declared_types(node) for node in nodes.NODE_CLASS_MAPPINGS.values()))
+    words = COMFY_WORDS | (pack_types - COMFY_CORE_TYPES - {"UMT5"}) | set(nodes.NODE_CLASS_MAPPINGS)
+    words |= {name.split(" (")[0] for name in nodes.NODE_DISPLAY_NAME_MAPPINGS.values()}
+    assert {"POINTMAPS", "FOURDNEX_MODEL", "FourDNeXSampler", "4DNeX Post-Optimize"} <= words
+    alternatives = "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
+    pattern = re.compile(rf"(?<![\w-])({alternatives})(?![\w-])")
+    found = []
+    for package in ("fourdnex_core", "fourdnex_train"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                found += [f"{path.relative_to(ROOT)}:{number}: {m.group(1)}" for m in pattern.finditer(line)]
+    assert not found, "ComfyUI knowledge outside nodes/:\n" + "\n".join(found)

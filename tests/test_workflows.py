@@ -157,7 +157,7 @@ def test_generation_settings_are_valid_sizes(path):
 
 
 def test_save_prefixes_stay_in_the_output_folder(tmp_path):
-    from fourdnex_core.comfy_types import safe_output_folder
+    from nodes.comfy_bridge import safe_output_folder
 
     for path in WORKFLOWS:
         for node in _load(path)["nodes"]:

@@ -1,5 +1,5 @@
 // In-node 4D point-cloud viewer for "4DNeX Point Cloud Preview".
-// The node writes a small binary file (fourdnex_core.comfy_types.write_viewer_points) into ComfyUI's
+// The node writes a small binary file (fourdnex_core.geometry.export_viewer.write_viewer_points) into ComfyUI's
 // temp folder and names it in its "fourdnex_points" UI output; this extension fetches it through
 // /view and shows it with three.js (bundled in ./lib, no network): orbit controls, a frame slider,
 // play/pause, point size and a point budget. Without WebGL it falls back to a 2D canvas.

@@ -23,7 +23,7 @@ from ..model_set import ModelLocations, load_pipeline
 from ..image_io import RESIZE_MODES, generation_size
 from ..pipeline import GenerationResult
 from ..presets import PRESETS, negative_prompt_text
-from ..representation import check_video_size, xyz_to_pixels
+from ..representation import check_video_size, xyz_image
 from ..sampler import SamplingSettings
 from ..scene_file import Scene, save_scene
 from ..schedulers import SAMPLERS, SCHEDULES
@@ -107,7 +107,7 @@ def write_outputs(out: Path, result: GenerationResult, settings: dict, fps: floa
     rgb = result.rgb.cpu()
     xyz = result.xyz.cpu().float()
     write_video(out / "rgb.mp4", rgb.numpy(), fps)
-    write_video(out / "xyz.mp4", xyz_to_pixels(xyz).clamp(0, 1).numpy(), fps)
+    write_video(out / "xyz.mp4", xyz_image(xyz).numpy(), fps)
     save_scene(Scene(rgb=frame_batch_to_uint8(rgb), xyz=xyz.numpy()), out / "scene.npz")
     with atomic_path(out / "run.json") as temporary:
         temporary.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

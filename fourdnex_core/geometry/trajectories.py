@@ -6,15 +6,23 @@
 * :func:`offset_path`: a recovered camera path shifted in each camera's own frame.
 
 The recovered path itself is the scene's ``cams2world``, and any user-given [N, 4, 4] stack of
-poses can be rendered as it is.
+poses can be rendered as it is. For a scene: :func:`trajectory` picks one of these by name (distances
+in units of :func:`median_depth`), and :func:`preview_cameras` gives cameras to show a scene from.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
+
+from fourdnex_core.geometry.pointcloud import frame_depth
+from fourdnex_core.scene_file import Scene
+
+TRAJECTORIES = ("orbit", "dolly", "path", "path-offset")
 
 
 def _check_pose(name: str, pose: torch.Tensor) -> None:
@@ -84,3 +92,54 @@ def offset_path(cams2world: torch.Tensor, translation: torch.Tensor) -> torch.Te
     poses = cams2world.clone()
     poses[:, :3, 3] = cams2world[:, :3, 3] + cams2world[:, :3, :3] @ translation.to(cams2world)
     return poses
+
+
+def median_depth(scene: Scene) -> float:
+    """Median positive depth of the first frame (scene units): the unit of trajectory distances."""
+    depth = frame_depth(scene, 0)
+    valid = depth[np.isfinite(depth) & (depth > 0)] if depth is not None else np.zeros(0)
+    if valid.size == 0:
+        raise ValueError("The first frame has no point in front of its camera; post-optimize the scene first.")
+    return float(np.median(valid))
+
+
+def trajectory(scene: Scene, kind: str, num_views: int, arc_degrees: float = 30.0, distance: float = 0.3,
+               offset: Sequence[float] = (0.1, 0.0, 0.0)) -> torch.Tensor:
+    """cams2world [N, 4, 4] of a novel-view trajectory (distances in median depths).
+
+    kind: ``orbit`` around the point the first camera looks at, ``dolly`` along its axis, ``path``
+    (the recovered cameras) or ``path-offset`` (them shifted by ``offset`` in camera axes).
+    """
+    if scene.K is None or scene.cams2world is None:
+        raise ValueError("The scene has no cameras; post-optimize it first.")
+    recovered = torch.from_numpy(scene.cams2world).double()
+    if kind == "path":
+        return recovered
+    unit = median_depth(scene)
+    if kind == "orbit":
+        return orbit(recovered[0], point_ahead(recovered[0], unit), num_views, arc_degrees)
+    if kind == "dolly":
+        return dolly(recovered[0], num_views, distance * unit)
+    if kind == "path-offset":
+        return offset_path(recovered, torch.tensor(list(offset), dtype=recovered.dtype) * unit)
+    raise ValueError(f"Unknown trajectory {kind!r}; use one of {', '.join(TRAJECTORIES)}.")
+
+
+def preview_cameras(scene: Scene, focal_factor: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K [3, 3], cams2world [F, 4, 4]) to show a scene from: its recovered cameras, or, without
+    post-optimization, the same camera for every frame: ``fx = fy = focal_factor * W``, looking
+    down +z at the first frame's points from far enough back to see them all."""
+    height, width = scene.rgb.shape[1:3]
+    if scene.K is not None and scene.cams2world is not None:
+        return torch.from_numpy(scene.K).double(), torch.from_numpy(scene.cams2world).double()
+    points = scene.xyz[0].reshape(-1, 3)
+    points = points[np.isfinite(points).all(axis=1)]
+    low, high = (points.min(0), points.max(0)) if len(points) else (np.zeros(3), np.zeros(3))
+    center = (low + high) / 2
+    focal = focal_factor * width
+    half_extent = max(high[0] - low[0], high[1] - low[1], 1e-6) / 2
+    back = half_extent * focal / (min(width, height) / 2)
+    K = torch.tensor([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    pose[:3, 3] = torch.tensor([center[0], center[1], low[2] - back])
+    return K, pose.expand(scene.num_frames, 4, 4).clone()

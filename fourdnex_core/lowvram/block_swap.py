@@ -75,6 +75,12 @@ def resident_weight_bytes(block_bytes: Sequence[int], other_bytes: int, swapped:
     return other_bytes + sum(block_bytes[swapped:]) + sum(in_flight)
 
 
+def model_resident_bytes(model: nn.Module, swapped: int, *, prefetch: bool = True) -> int:
+    """:func:`resident_weight_bytes` of a Wan-style ``model`` with its first ``swapped`` blocks swapped."""
+    block_bytes = [module_bytes(block) for block in transformer_blocks(model)]
+    return resident_weight_bytes(block_bytes, module_bytes(model) - sum(block_bytes), swapped, prefetch=prefetch)
+
+
 def blocks_to_swap_for_budget(
     block_bytes: Sequence[int], other_bytes: int, budget_bytes: int, *, prefetch: bool = True
 ) -> int:

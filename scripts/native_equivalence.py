@@ -406,6 +406,22 @@ def check_speed(transformer, patched, generator: torch.Generator) -> None:
     print(json.dumps(entry), flush=True)
 
 
+def check_equivalence(transformer, base, patched, paths: dict[str, Path], root: Path,
+                      generator: torch.Generator) -> None:
+    """Checks 1. to 7. and 9. of the module docstring."""
+    inputs = forward_inputs(ARGS.frames, ARGS.height, ARGS.width, generator)
+    check_forward(transformer, patched, inputs, "forward, fp32, LoRA + shared RoPE + domain embeddings")
+    with torch.no_grad():
+        stock = native_velocity(base, inputs["x"], inputs["timestep"], inputs["context"], inputs["clip_fea"])
+    row("(control) the unpatched native model against the pack's", pack_velocity(transformer, inputs), stock)
+    check_conditioning_and_sampling(transformer, patched, paths, generator)
+    check_composition(paths, root, inputs, generator)
+    _, patched_fp8 = native_model(paths, root, torch.float8_e4m3fn)
+    check_forward(transformer, patched_fp8, inputs, "forward, UNETLoader weight_dtype fp8_e4m3fn")
+    check_gguf(transformer, paths, root, inputs)
+    check_bad_input(paths, root)
+
+
 def main() -> int:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
@@ -414,20 +430,8 @@ def main() -> int:
         paths = write_models(root)
         transformer = pack_transformer(paths)
         base, patched = native_model(paths, root)
-        if ARGS.speed_only:
-            check_speed(transformer, patched, generator)
-            return 0
-        inputs = forward_inputs(ARGS.frames, ARGS.height, ARGS.width, generator)
-        check_forward(transformer, patched, inputs, "forward, fp32, LoRA + shared RoPE + domain embeddings")
-        with torch.no_grad():
-            stock = native_velocity(base, inputs["x"], inputs["timestep"], inputs["context"], inputs["clip_fea"])
-        row("(control) the unpatched native model against the pack's", pack_velocity(transformer, inputs), stock)
-        check_conditioning_and_sampling(transformer, patched, paths, generator)
-        check_composition(paths, root, inputs, generator)
-        _, patched_fp8 = native_model(paths, root, torch.float8_e4m3fn)
-        check_forward(transformer, patched_fp8, inputs, "forward, UNETLoader weight_dtype fp8_e4m3fn")
-        check_gguf(transformer, paths, root, inputs)
-        check_bad_input(paths, root)
+        if not ARGS.speed_only:
+            check_equivalence(transformer, base, patched, paths, root, generator)
         check_speed(transformer, patched, generator)
     if ARGS.out:
         ARGS.out.write_text(json.dumps(TABLE, indent=2) + "\n")

@@ -93,7 +93,9 @@ class FourDNeXApplyToWanModel:
         embeddings_path = None if domain_embeddings == AUTO else comfy.full_path("loras", domain_embeddings)
         layers, embeddings = read_4dnex_lora(comfy.full_path("loras", lora_name), embeddings_path,
                                              _native_linear_names(model))
-        width = embeddings.shape[1] if embeddings is not None else layers[0].down.shape[1]
+        # the model width: the embeddings', or the input width of a self-attention projection
+        widths = [layer.down.shape[1] for layer in layers if ".attn1." in layer.module]
+        width = embeddings.shape[1] if embeddings is not None else (widths[0] if widths else None)
         check_wan21_i2v(model, width=width)
         return (patch_4dnex(model, layers, strength, embeddings),)
 

@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
+from ..atomic_write import check_output_folder
 from ..tiny import make_tiny_models
-from .generate import add_generation_arguments, generate, model_locations, run_settings, write_outputs
+from .generate import OUTPUT_FILES, add_generation_arguments, generate, model_locations, run_settings, write_outputs
 
 EXAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "example.png"
 
@@ -20,6 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--image", type=Path, default=EXAMPLE_IMAGE, help="input image (default: the shipped example)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an earlier demo's {', '.join(OUTPUT_FILES)} in --out (refused without it)")
     add_generation_arguments(parser)
     parser.set_defaults(prompt="a red ball rolling on a checkered floor", frames=9, height=64, width=96, steps=4)
     return parser
@@ -27,6 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    check_output_folder(args.out, OUTPUT_FILES, overwrite=args.overwrite)  # before anything is written
     tiny = make_tiny_models(args.out / "models")
     args.models, args.lora = tiny.comfy_models, tiny.comfy_lora
     for name in ("transformer", "vae", "text_encoder", "clip_vision", "tokenizer", "domain_embeddings"):

@@ -189,6 +189,10 @@ class FourDNeXWanDecode:
         if latent.ndim != 5 or latent.shape[-1] % 2:
             raise ValueError(f"This latent {tuple(latent.shape)} is not a 4DNeX wide latent [1, 16, f, h, 2w]; "
                              "connect the sampler that took 4DNeX Wan Image to Video's latent.")
+        if not torch.isfinite(latent).all():
+            raise ValueError("The latent holds NaN or infinite values, so there is nothing to decode: the sampler "
+                             "diverged (fp16 overflow: load the model in bf16; an extreme cfg) or the MODEL's weights or "
+                             "LoRA hold NaN.")
         core = _comfy_module("nodes", "VAEDecodeTiled")
         wide = {"samples": denormalize_xyz_raw_latent(latent, *wan_latent_stats())}
         if tiled:

@@ -1,6 +1,7 @@
 """The pack imports as ComfyUI imports it (the repository folder as a package), without ComfyUI."""
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -34,7 +35,8 @@ def load_pack_like_comfyui(checks: str) -> str:
         "spec.loader.exec_module(pack)\n"
         + checks
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", env=environment)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

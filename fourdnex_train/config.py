@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fourdnex_core.lowvram import LowVramOptions
+from fourdnex_core.lowvram.options import options_of
 from fourdnex_core.lowvram.attention import BACKENDS as ATTENTION_BACKENDS
 from fourdnex_core.representation import check_video_size
 from fourdnex_core.schedulers import SAMPLERS
@@ -214,6 +215,9 @@ class SampleConfig:
 class MemoryConfig:
     """Low-VRAM options for the frozen base transformer and the VAE (``fourdnex_core.lowvram``).
 
+    The keys are the :class:`LowVramOptions` fields declared for the trainer (``options_of("train")``,
+    help texts there; ``tests/test_lowvram_options.py`` checks they match) plus ``offload_activations``.
+
     blocks_to_swap: base blocks kept in CPU memory and brought to the GPU for their forward and
         again for their recomputation in backward (needs gradient checkpointing); -1: from free
         VRAM minus ``activation_reserve_gb`` (10 GiB: a training step keeps more than inference's 6;
@@ -257,11 +261,13 @@ class MemoryConfig:
             raise ConfigError(f"[memory] {error}") from error
 
     def low_vram_options(self) -> LowVramOptions:
-        """These settings as the :class:`LowVramOptions` the inference side takes."""
-        return LowVramOptions(blocks_to_swap="auto" if self.blocks_to_swap == -1 else self.blocks_to_swap,
-                              activation_reserve_gb=self.activation_reserve_gb, fp8=self.fp8,
-                              attention=self.attention, compile=self.compile, vae_tiling=self.vae_tiling,
-                              vae_tile_size=self.vae_tile_size, vae_tile_overlap=self.vae_tile_overlap)
+        """These settings as the :class:`LowVramOptions` the inference side takes (the keys of
+        :func:`~fourdnex_core.lowvram.options.options_of` ``("train")``; -1 is "auto")."""
+        values = {field.name: getattr(self, field.name) for field in options_of("train")}
+        for field in options_of("train"):
+            if field.metadata["auto"] and values[field.name] == -1:
+                values[field.name] = "auto"
+        return LowVramOptions(**values)
 
 
 SECTIONS: dict[str, type] = {

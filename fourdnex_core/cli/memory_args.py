@@ -1,7 +1,8 @@
 """The memory and speed options of ``fourdnex generate`` / ``demo`` (see the README's "Low VRAM").
 
 ``--low-vram auto`` starts from :func:`~fourdnex_core.lowvram.recommended_options` for the GPU's
-memory; every other flag overrides one field of :class:`~fourdnex_core.lowvram.LowVramOptions`.
+memory; every other flag overrides one field of :class:`~fourdnex_core.lowvram.LowVramOptions`, and
+is generated from that field's declaration (flag, type or choices, help).
 """
 
 from __future__ import annotations
@@ -13,23 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..lowvram import EmbeddingCache, LowVramOptions, OffloadPolicy, recommended_options
-from ..lowvram.attention import BACKENDS
+from ..lowvram import EmbeddingCache, LowVramOptions, recommended_options
 from ..lowvram.block_swap import GIB
-from ..lowvram.options import FP8_MODES
+from ..lowvram.options import options_of
 
 logger = logging.getLogger(__name__)
-
-# argparse destination -> LowVramOptions field, for the flags that override one field.
-OVERRIDES = {
-    "blocks_to_swap": "blocks_to_swap",
-    "fp8": "fp8",
-    "attention": "attention",
-    "compile": "compile",
-    "step_cache": "step_cache_threshold",
-    "vae_tiling": "vae_tiling",
-    "offload": "offload",
-}
 
 
 def block_count(text: str) -> int | str:
@@ -45,25 +34,27 @@ def block_count(text: str) -> int | str:
     return count
 
 
+def _flag_settings(field: dataclasses.Field) -> dict:
+    """argparse settings of one option's flag: its type or choices, its help; None (not given) by default."""
+    meta = field.metadata
+    settings = {"dest": field.name, "default": None, "help": meta["help"].replace("%", "%%")}
+    if meta["choices"] is not None:
+        return {**settings, "choices": meta["choices"]}
+    if isinstance(field.default, bool):
+        return {**settings, "action": argparse.BooleanOptionalAction}
+    parse = block_count if meta["auto"] else type(field.default)
+    return {**settings, "type": parse, "metavar": meta["metavar"]}
+
+
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``memory and speed`` option group (all off by default: everything resident, exact)."""
+    """The ``memory and speed`` option group (all off by default: everything resident, exact): one flag per
+    option the CLI shows (:func:`~fourdnex_core.lowvram.options.options_of`), plus ``--low-vram`` and
+    ``--embedding-cache``."""
     group = parser.add_argument_group("memory and speed (README: Low VRAM; all off by default)")
     group.add_argument("--low-vram", choices=("off", "auto"), default="off",
                        help="auto: the recommended settings for this GPU's memory (the flags below override them)")
-    group.add_argument("--blocks-to-swap", type=block_count, metavar="N|auto",
-                       help="transformer blocks kept in CPU memory and copied in just in time (exact)")
-    group.add_argument("--fp8", choices=FP8_MODES, help="fp8 weights (half the memory) or fp8 weights + matmuls")
-    group.add_argument("--attention", choices=tuple(BACKENDS), help="attention kernel (default sdpa)")
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch.compile the transformer blocks")
-    group.add_argument("--step-cache", type=float, metavar="THRESHOLD",
-                       help="skip transformer steps whose input barely changed (0 = off; 0.1-0.3)")
-    group.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
-                       help="encode/decode in overlapping 256-pixel tiles")
-    group.add_argument("--offload", choices=[policy.value for policy in OffloadPolicy],
-                       help="text encoder, CLIP vision and VAE after their stage: keep on the GPU, move to "
-                            "CPU memory, or free (loaded again when needed); with cpu or free the transformer "
-                            "is on the GPU for the sampling only")
+    for field in options_of("cli"):
+        group.add_argument(field.metadata["cli"], **_flag_settings(field))
     group.add_argument("--embedding-cache", type=Path, metavar="DIR",
                        help="keep prompt embeddings in DIR: a prompt seen before never loads the text encoder")
 
@@ -78,7 +69,8 @@ def memory_options(args: argparse.Namespace, device: torch.device) -> LowVramOpt
             logger.info("--low-vram auto for %.0f GB: %s", total_gb, options)
         else:
             logger.info("--low-vram auto on %s: no GPU memory to save; the memory options stay off.", device)
-    overrides = {field: getattr(args, name) for name, field in OVERRIDES.items() if getattr(args, name) is not None}
+    overrides = {field.name: getattr(args, field.name) for field in options_of("cli")
+                 if getattr(args, field.name) is not None}
     return dataclasses.replace(options, **overrides)
 
 

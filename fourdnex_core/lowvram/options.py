@@ -1,6 +1,7 @@
 """All memory/speed options in one place, applied in the one order that works.
 
-:class:`LowVramOptions` is what the CLI, the nodes and the trainer expose;
+:class:`LowVramOptions` is what the CLI, the nodes and the trainer expose, each generated from (or, for the
+trainer's ``[memory]``, checked against) its fields' declarations (:func:`option`);
 :func:`prepare_transformer` applies the transformer's options to a loaded model and
 :func:`sampling_transformer` wraps it for one sampling run. Order (each step needs the one before):
 
@@ -38,39 +39,91 @@ from .vae_tiling import check_tile, enable_vae_tiling
 logger = logging.getLogger(__name__)
 
 FP8_MODES = ("off", "weights", "matmul")
+OFFLOAD_POLICIES = tuple(policy.value for policy in OffloadPolicy)
+FACES = ("node", "cli", "train")
+"""Where the options are set: the Memory Options node, the ``fourdnex`` flags, the trainer's ``[memory]``."""
+
+
+def option(default, help: str, *, node: dict | None = None, cli: str | None = None, train: bool = False,
+           left_out: dict[str, str] | None = None, choices: tuple | None = None, auto: bool = False,
+           metavar: str | None = None):
+    """A :class:`LowVramOptions` field with its one help text and the faces that show it.
+
+    node: the node widget's settings (min, max, step), or None when the node leaves it out;
+    cli: the ``fourdnex`` flag, or None; train: whether ``[memory]`` has the key. ``left_out``
+    says, per face, why the option is not there (every field is in a face or has a reason:
+    ``tests/test_lowvram_options.py``). ``auto``: the value may also be "auto" (-1 in the node and
+    ``[memory]``). Each face is generated from these (the trainer's ``[memory]`` is checked).
+    """
+    return dataclasses.field(default=default, metadata={
+        "help": help, "node": node, "cli": cli, "train": train, "left_out": left_out or {},
+        "choices": choices, "auto": auto, "metavar": metavar})
+
+
+def options_of(face: str) -> list[dataclasses.Field]:
+    """The :class:`LowVramOptions` fields a face shows (``node``, ``cli`` or ``train``), in declaration order."""
+    if face not in FACES:
+        raise ValueError(f"Unknown face {face!r}; use one of {', '.join(FACES)}.")
+    return [field for field in dataclasses.fields(LowVramOptions) if field.metadata[face] not in (None, False)]
 
 
 @dataclasses.dataclass
 class LowVramOptions:
     """Memory and speed options for a 4DNeX run (defaults: everything resident, nothing approximate).
 
-    blocks_to_swap: transformer blocks kept in CPU memory (0: none; "auto": from free VRAM minus
-        ``activation_reserve_gb``). Exact.
-    prefetch: copy the next swapped block while the current one runs (CUDA side stream).
-    fp8: "off"; "weights" (fp8 storage, per-layer upcast: half the memory); "matmul" (fp8 weights and
-        fp8 matmuls, CC 8.9+ GPUs). Approximate.
-    attention: "sdpa", "math", "cudnn", "flash", "flash3", "sage", "xformers" (see .attention).
-    compile / compile_mode: torch.compile the blocks.
-    step_cache_threshold: TeaCache-style step skipping (0: off; 0.1-0.3 typical). Approximate.
-    vae_tiling / vae_tile_size / vae_tile_overlap: tiled VAE encode/decode, in pixels.
-    offload: what the text encoder, CLIP vision and VAE do after their stage: "keep", "cpu", "free";
-        with "cpu" or "free" the pipeline also places the transformer for the sampling only.
-    embedding_cache: re-use prompt embeddings for a prompt seen before (never load UMT5 for it).
+    Each field's ``metadata["help"]`` says what it does (:func:`option`); the node, the CLI and the
+    trainer show those texts. Exactness: block swap, prefetch, offload exact; fp8, step cache and
+    VAE tiling approximate; attention and compile up to kernel rounding.
     """
 
-    blocks_to_swap: int | str = 0
-    activation_reserve_gb: float = 6.0
-    prefetch: bool = True
-    fp8: str = "off"
-    attention: str = "sdpa"
-    compile: bool = False
-    compile_mode: str | None = None
-    step_cache_threshold: float = 0.0
-    vae_tiling: bool = False
-    vae_tile_size: int = 256
-    vae_tile_overlap: int = 64
-    offload: str = "keep"
-    embedding_cache: bool = True
+    blocks_to_swap: int | str = option(
+        0, "Transformer blocks kept in CPU memory and copied to the GPU just before they run (exact, slower per "
+           "step). 0: none; auto (-1 in the node and in [memory]): as many as the free VRAM minus the activation "
+           "reserve needs.",
+        node={"min": -1, "max": 40}, cli="--blocks-to-swap", train=True, auto=True, metavar="N|auto")
+    activation_reserve_gb: float = option(
+        6.0, "GiB of VRAM kept for activations when blocks_to_swap is auto (the trainer's [memory] default: 10).",
+        cli="--activation-reserve-gb", train=True, metavar="GIB",
+        left_out={"node": "the node keeps the default (its widgets are saved in workflows by position)"})
+    prefetch: bool = option(
+        True, "Copy the next swapped block while the current one runs (a CUDA side stream).",
+        node={}, cli="--prefetch", left_out={"train": "training always prefetches (forward and backward)"})
+    fp8: str = option(
+        "off", "weights: fp8 storage, half the memory, upcast per layer (about 1% off). matmul: fp8 matrix "
+               "products too (RTX 40xx, L40, H100 and newer; no backward pass, so not for training). fp8 model "
+               "files are fp8 anyway.",
+        node={}, cli="--fp8", train=True, choices=FP8_MODES)
+    attention: str = option(
+        "sdpa", "Attention kernel. sage / flash / flash3 / xformers need their package installed (sage has no "
+                "backward pass, so not for training).",
+        node={}, cli="--attention", train=True, choices=tuple(BACKENDS))
+    compile: bool = option(
+        False, "torch.compile the transformer blocks (needs Triton on CUDA; the first step is slow).",
+        node={}, cli="--compile", train=True)
+    compile_mode: str | None = option(
+        None, "torch.compile's mode (None: its default; reduce-overhead needs blocks_to_swap = 0).",
+        choices=COMPILE_MODES, left_out={face: "Python only: the default mode suits every run" for face in FACES})
+    step_cache_threshold: float = option(
+        0.0, "Skip transformer steps whose input barely changed (TeaCache-style; 0 = off, 0.1-0.3 typical). The "
+             "log says how many steps were skipped.",
+        node={"min": 0.0, "max": 1.0, "step": 0.01}, cli="--step-cache", metavar="THRESHOLD",
+        left_out={"train": "inference only: a training step is one forward and backward pass"})
+    vae_tiling: bool = option(
+        False, "Encode and decode in overlapping tiles (for 480 x 1440 frames on small GPUs; approximate at the "
+               "seams).",
+        node={}, cli="--vae-tiling", train=True)
+    vae_tile_size: int = option(256, "VAE tile side in pixels.", node={"min": 64, "max": 2048, "step": 32},
+                                cli="--vae-tile-size", train=True, metavar="PIXELS")
+    vae_tile_overlap: int = option(64, "Overlap of neighbouring VAE tiles in pixels (blended).",
+                                   node={"min": 0, "max": 1024, "step": 16}, cli="--vae-tile-overlap", train=True,
+                                   metavar="PIXELS")
+    offload: str = option(
+        "keep", "Text encoder, CLIP vision and VAE after their stage: keep on the GPU, move to CPU memory (cpu), "
+                "or free (loaded again when needed); with cpu or free the transformer is on the GPU for the "
+                "sampling only.",
+        cli="--offload", choices=OFFLOAD_POLICIES,
+        left_out={"node": "ComfyUI's model management moves the models",
+                  "train": "prepare encodes before training and run never loads the encoders"})
 
     def __post_init__(self) -> None:
         if self.blocks_to_swap != "auto" and (not isinstance(self.blocks_to_swap, int) or self.blocks_to_swap < 0):
@@ -89,9 +142,8 @@ class LowVramOptions:
         if self.activation_reserve_gb < 0:
             raise ValueError(f"activation_reserve_gb must be >= 0, got {self.activation_reserve_gb}.")
         check_tile(self.vae_tile_size, self.vae_tile_overlap)
-        policies = [policy.value for policy in OffloadPolicy]
-        if self.offload not in policies:
-            raise ValueError(f"offload must be one of {', '.join(policies)}, got {self.offload!r}.")
+        if self.offload not in OFFLOAD_POLICIES:
+            raise ValueError(f"offload must be one of {', '.join(OFFLOAD_POLICIES)}, got {self.offload!r}.")
 
     @property
     def exact(self) -> bool:

@@ -187,8 +187,12 @@ def test_free_principal_point_is_recovered():
     scene = make_synthetic_scene(FRAMES, HEIGHT, WIDTH, principal_point=(25.0, 12.0), seed=10, dtype=torch.float64)
     result = post_optimize(scene.xyz, fix_principal_point=False)
     torch.testing.assert_close(result.K, scene.K)
-    fixed = post_optimize(scene.xyz)
+    fixed = post_optimize(scene.xyz, fix_principal_point=True, zoom=False)
     torch.testing.assert_close(fixed.K[:2, 2], torch.tensor([(WIDTH - 1) / 2, (HEIGHT - 1) / 2], dtype=torch.float64))
+    assert fixed.camera_model.principal_point == "image centre" and fixed.camera_model.from_data == ()
+    chosen = post_optimize(scene.xyz)  # the default decides from the data
+    torch.testing.assert_close(chosen.K, scene.K)
+    assert chosen.camera_model.principal_point == "fitted" and chosen.camera_model.from_data == ("principal point",)
 
 
 def test_per_frame_focal_when_not_shared():
@@ -377,3 +381,56 @@ def test_one_bad_coordinate_makes_a_pixel_invalid_under_an_axis_aligned_camera(a
     assert torch.equal(result.valid, expected)
     assert float(result.depth[1, 4, 7]) == 0.0 and float(result.point_errors[1, 4, 7]) == 0.0
     assert bool(torch.isfinite(result.residuals).all())
+
+
+def test_the_default_model_is_kept_when_it_fits_noisy_data():
+    scene = make_synthetic_scene(13, 60, 90, noise=0.01, outlier_fraction=0.05, seed=24)
+    result = post_optimize(scene.xyz)
+    model = result.camera_model
+    assert (model.principal_point, model.focal, model.from_data) == ("image centre", "shared", ())
+    assert set(model.evidence) == {"principal point", "zoom"}
+    assert result.shared_intrinsics and float(rotation_errors(result, scene).max()) < 0.5
+
+
+def test_an_off_centre_principal_point_and_unequal_focals_are_fitted_from_the_data():
+    principal_point, focal = (44.5 + 3.0, 29.5 - 2.0), (78.0, 78.0 * 1.02)
+    clean = make_synthetic_scene(13, 60, 90, principal_point=principal_point, focal=focal, seed=25,
+                                 dtype=torch.float64)
+    result = post_optimize(clean.xyz)
+    assert result.camera_model.from_data == ("principal point",) and result.camera_model.focal == "shared"
+    torch.testing.assert_close(result.K, clean.K)
+    assert float(rotation_errors(result, clean).max()) < 1e-6
+    noisy = make_synthetic_scene(13, 60, 90, principal_point=principal_point, focal=focal, noise=0.01,
+                                 outlier_fraction=0.05, seed=25)
+    result = post_optimize(noisy.xyz)
+    assert result.camera_model.principal_point == "fitted"
+    assert float((result.K[:2, 2] - noisy.K[:2, 2]).abs().max()) < 1.0
+    assert float(rotation_errors(result, noisy).max()) < 0.5
+    assert float(rotation_errors(post_optimize(noisy.xyz, fix_principal_point=True, zoom=False), noisy).max()) > 1.0
+
+
+def test_a_zoom_gets_a_focal_per_frame_from_the_data():
+    clean = make_synthetic_scene(13, 60, 90, zoom=1.3, seed=26, dtype=torch.float64)
+    result = post_optimize(clean.xyz)
+    assert result.camera_model.from_data == ("zoom",) and result.camera_model.focal == "zoom"
+    assert not result.shared_intrinsics
+    torch.testing.assert_close(result.intrinsics, clean.intrinsics)
+    torch.testing.assert_close(result.depth, clean.depth)
+    noisy = make_synthetic_scene(13, 60, 90, zoom=1.3, noise=0.01, outlier_fraction=0.05, seed=26)
+    result = post_optimize(noisy.xyz)
+    assert result.camera_model.focal == "zoom"
+    assert float(focal_errors_per_frame(result, noisy).max()) < 0.02
+    assert float(rotation_errors(result, noisy).max()) < 0.5
+
+
+def focal_errors_per_frame(result, scene) -> torch.Tensor:
+    """Relative error of fx and fy of each frame against that frame's true K, [F, 2]."""
+    fitted = torch.stack((result.intrinsics[:, 0, 0], result.intrinsics[:, 1, 1]), dim=-1).double()
+    truth = torch.stack((scene.intrinsics[:, 0, 0], scene.intrinsics[:, 1, 1]), dim=-1).double()
+    return (fitted / truth - 1).abs()
+
+
+def test_zoom_cannot_go_with_a_known_focal():
+    xyz = make_synthetic_scene(2, 12, 18, seed=16).xyz
+    with pytest.raises(ValueError, match="zoom=True"):
+        post_optimize(xyz, zoom=True, focal=20.0)

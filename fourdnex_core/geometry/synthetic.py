@@ -46,7 +46,8 @@ class SyntheticScene:
     xyz: [F, H, W, 3] observed point maps in the first camera's frame, with the requested
         noise, outliers and invalid (NaN/inf) pixels.
     depth: [F, H, W] true camera-space z of the surface at each pixel.
-    K: [3, 3] true intrinsics (OpenCV convention).
+    K: [3, 3] true intrinsics of the first frame (OpenCV convention).
+    intrinsics: [F, 3, 3] true intrinsics of every frame (all equal to K unless zooming).
     cams2world: [F, 4, 4] true camera-to-world transforms; ``cams2world[0]`` is the identity.
     valid: [F, H, W] bool, False where xyz was made non-finite.
     outliers: [F, H, W] bool, True where xyz was thrown off its ray.
@@ -61,10 +62,11 @@ class SyntheticScene:
     valid: torch.Tensor
     outliers: torch.Tensor
     moving: torch.Tensor
+    intrinsics: torch.Tensor
 
     def clean_xyz(self) -> torch.Tensor:
         """The uncorrupted point maps from the true depth and cameras. Returns [F, H, W, 3]."""
-        return backproject(self.depth, self.K, self.cams2world)
+        return backproject(self.depth, self.intrinsics, self.cams2world)
 
     def to_scene_file(self) -> Scene:
         """The observed RGB and XYZ as a :class:`~fourdnex_core.scene_file.Scene` (no cameras yet)."""
@@ -91,9 +93,11 @@ def make_synthetic_scene(
     height: int = 60,
     width: int = 90,
     *,
-    focal: float | None = None,
+    focal: float | tuple[float, float] | None = None,
     principal_point: tuple[float, float] | None = None,
+    zoom: float = 1.0,
     camera_motion: float = 1.0,
+    moving_scale: float = 1.0,
     noise: float = 0.0,
     outlier_fraction: float = 0.0,
     invalid_fraction: float = 0.0,
@@ -104,9 +108,14 @@ def make_synthetic_scene(
 
     Args:
         num_frames, height, width: output size F, H, W.
-        focal: focal length in pixels (fx = fy); default gives a 60 degree horizontal field of view.
+        focal: focal length in pixels (fx = fy), or an ``(fx, fy)`` pair; default gives a 60 degree
+            horizontal field of view. This is the first frame's focal.
         principal_point: ``(cx, cy)`` in pixels; default the image centre.
+        zoom: the last frame's focal as a multiple of the first's; the focal changes linearly
+            over the frames in between (1 = no zoom).
         camera_motion: scales the camera path (0 = static camera, 1 = a 24 degree arc).
+        moving_scale: scales the size of the moving sphere and box (3 makes them cover large
+            parts of the frames: large dynamic regions).
         noise: XYZ noise standard deviation as a fraction of depth (0.01 = 1 %).
         outlier_fraction: share of pixels whose XYZ is thrown off its ray.
         invalid_fraction: share of pixels whose XYZ is NaN or infinite.
@@ -114,38 +123,44 @@ def make_synthetic_scene(
         dtype: float dtype of the returned tensors (rendering runs in float64).
     """
     _check_arguments(num_frames, height, width, focal, noise, outlier_fraction, invalid_fraction)
+    if not zoom > 0 or not moving_scale > 0:
+        raise ValueError(f"zoom and moving_scale must be positive, got {zoom} and {moving_scale}.")
     generator = torch.Generator().manual_seed(seed)
     if focal is None:
         focal = (width / 2.0) / math.tan(math.radians(30.0))
+    fx, fy = focal if isinstance(focal, tuple) else (focal, focal)
     cx, cy = principal_point if principal_point is not None else principal_point_at_centre(height, width)
     f64 = torch.float64
-    K = intrinsics_matrix(*(torch.tensor(value, dtype=f64) for value in (focal, focal, cx, cy)))
+    scale = torch.linspace(1.0, zoom, num_frames, dtype=f64)
+    intrinsics = intrinsics_matrix(fx * scale, fy * scale, torch.tensor(cx, dtype=f64), torch.tensor(cy, dtype=f64))
 
     scene_cams = _camera_path(num_frames, camera_motion)
-    objects = _place_objects(num_frames, generator)
-    rays_cam = pixel_rays(K, height, width)                                      # [H, W, 3]
-    directions = torch.einsum("fij,hwj->fhwi", scene_cams[:, :3, :3], rays_cam)  # [F, H, W, 3]
+    objects = _place_objects(num_frames, generator, moving_scale)
+    rays_cam = pixel_rays(intrinsics, height, width)                              # [F, H, W, 3]
+    directions = torch.einsum("fij,fhwj->fhwi", scene_cams[:, :3, :3], rays_cam)  # [F, H, W, 3]
     origins = scene_cams[:, None, None, :3, 3].expand_as(directions)
     depth, colour, moving = _ray_cast(origins, directions, objects)
 
     first_from_scene = torch.linalg.inv(scene_cams[0])
     cams2world = first_from_scene @ scene_cams
     cams2world[0] = torch.eye(4, dtype=f64)
-    xyz = backproject(depth, K, cams2world)
+    xyz = backproject(depth, intrinsics, cams2world)
     xyz, valid, outliers = _corrupt(xyz, depth, noise, outlier_fraction, invalid_fraction, generator)
     return SyntheticScene(
-        rgb=colour.to(dtype), xyz=xyz.to(dtype), depth=depth.to(dtype), K=K.to(dtype),
+        rgb=colour.to(dtype), xyz=xyz.to(dtype), depth=depth.to(dtype), K=intrinsics[0].to(dtype),
         cams2world=cams2world.to(dtype), valid=valid, outliers=outliers, moving=moving,
+        intrinsics=intrinsics.to(dtype),
     )
 
 
-def _check_arguments(num_frames: int, height: int, width: int, focal: float | None, noise: float,
-                     outlier_fraction: float, invalid_fraction: float) -> None:
+def _check_arguments(num_frames: int, height: int, width: int, focal: float | tuple[float, float] | None,
+                     noise: float, outlier_fraction: float, invalid_fraction: float) -> None:
     if num_frames < 1 or height < 2 or width < 2:
         raise ValueError(
             f"A synthetic scene needs num_frames >= 1 and height, width >= 2; got ({num_frames}, {height}, {width})."
         )
-    if focal is not None and focal <= 0:
+    focals = focal if isinstance(focal, tuple) else (focal,)
+    if focal is not None and not all(value > 0 for value in focals):
         raise ValueError(f"focal must be a positive number of pixels, got {focal}.")
     if noise < 0:
         raise ValueError(f"noise is a standard deviation relative to depth and must be >= 0, got {noise}.")
@@ -179,14 +194,16 @@ def _camera_path(num_frames: int, camera_motion: float) -> torch.Tensor:
     return cams2world_matrix(_look_at(eye, target), eye)
 
 
-def _place_objects(num_frames: int, generator: torch.Generator) -> _Objects:
-    """Three spheres and two boxes on the ground at random spots; one sphere and one box move."""
+def _place_objects(num_frames: int, generator: torch.Generator, moving_scale: float = 1.0) -> _Objects:
+    """Three spheres and two boxes on the ground at random spots; one sphere and one box move,
+    their size times ``moving_scale``."""
 
     def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
         return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
 
     time = torch.linspace(0.0, 1.0, num_frames, dtype=torch.float64)[:, None]
     radii = uniform(0.35, 0.7, 3)
+    radii[0] *= moving_scale
     base = torch.stack((uniform(-1.8, 1.8, 3), _GROUND_Y - radii, uniform(3.5, 7.0, 3)), dim=-1)
     sphere_moving = torch.tensor([True, False, False])
     sweep = torch.zeros(num_frames, 3, 3, dtype=torch.float64)
@@ -195,6 +212,7 @@ def _place_objects(num_frames: int, generator: torch.Generator) -> _Objects:
     sphere_centres = base[None] + sweep
 
     half = torch.stack((uniform(0.25, 0.6, 2), uniform(0.3, 0.8, 2), uniform(0.25, 0.6, 2)), dim=-1)
+    half[0] *= moving_scale
     centre = torch.stack((uniform(-2.0, 2.0, 2), _GROUND_Y - half[:, 1], uniform(4.0, 7.5, 2)), dim=-1)
     box_moving = torch.tensor([True, False])
     slide = torch.zeros(num_frames, 2, 3, dtype=torch.float64)

@@ -37,11 +37,13 @@ solver, for comparison).
 from fourdnex_core.geometry.postopt.conventions import XYZConvention, decoded_xyz_to_scene
 from fourdnex_core.geometry.confidence import mask_keeps
 from fourdnex_core.geometry.postopt.inputs import MIN_POINTS_PER_FRAME, usable_points
+from fourdnex_core.geometry.postopt.models import CameraModel
 from fourdnex_core.geometry.postopt.problem import RobustLoss
 from fourdnex_core.geometry.postopt.result import PostOptResult
 from fourdnex_core.geometry.postopt.solve import post_optimize
 
 __all__ = [
+    "CameraModel",
     "MIN_POINTS_PER_FRAME",
     "PostOptResult",
     "RobustLoss",

@@ -11,9 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from fourdnex_core.geometry.postopt.models import CameraModel
 
 from fourdnex_core.geometry.cameras import backproject, cams2world_matrix, intrinsics_matrix
 from fourdnex_core.geometry.confidence import mask_keeps
@@ -51,7 +55,7 @@ class PostOptResult:
     num_invalid: torch.Tensor
     shared_intrinsics: bool
     iterations: int
-    camera_model: object | None = None
+    camera_model: CameraModel | None = None
 
     @functools.cached_property
     def points(self) -> torch.Tensor:
@@ -79,7 +83,8 @@ class PostOptResult:
     @classmethod
     def from_cameras(cls, xyz: torch.Tensor, mask: torch.Tensor | None, min_confidence: float,
                      intrinsics: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor, *,
-                     shared_intrinsics: bool, iterations: int, camera_model: object | None = None) -> PostOptResult:
+                     shared_intrinsics: bool, iterations: int,
+                     camera_model: CameraModel | None = None) -> PostOptResult:
         """Closed-form depth and point-to-ray error of every pixel for fitted cameras.
 
         xyz: [F, H, W, 3]; mask: [F, H, W] bool or float confidence, or None; intrinsics:
@@ -141,8 +146,8 @@ class _Planes:
     @classmethod
     def empty(cls, height: int, width: int, dtype: torch.dtype, device: torch.device) -> _Planes:
         plane = functools.partial(torch.empty, height, width, dtype=dtype, device=device)
-        return cls(torch.empty(1, width, dtype=dtype, device=device), torch.empty(height, 1, dtype=dtype, device=device),
-                   plane(), plane(), plane(), plane(), torch.empty(3, height * width, dtype=dtype, device=device))
+        vector = functools.partial(torch.empty, dtype=dtype, device=device)
+        return cls(vector(1, width), vector(height, 1), plane(), plane(), plane(), plane(), vector(3, height * width))
 
     def set_intrinsics(self, intrinsics: torch.Tensor, columns: torch.Tensor, rows: torch.Tensor) -> None:
         """Rays ``((u - cx) / fx, (v - cy) / fy, 1)`` and ``1 / |ray|^2`` for intrinsics [4]; kept

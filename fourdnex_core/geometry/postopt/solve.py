@@ -9,7 +9,7 @@ import torch
 from fourdnex_core.geometry.postopt.inputs import check_inputs, check_options
 from fourdnex_core.geometry.postopt.linear_start import initial_state
 from fourdnex_core.geometry.postopt.problem import Problem, RobustLoss, free_intrinsics
-from fourdnex_core.geometry.postopt.refine import levenberg_marquardt
+from fourdnex_core.geometry.postopt.models import PRINCIPAL_POINT, ZOOM, CameraModel, select_model
 from fourdnex_core.geometry.postopt.result import PostOptResult
 from fourdnex_core.geometry.postopt.sampling import draw_samples, scene_normalization
 
@@ -21,7 +21,8 @@ def post_optimize(
     mask: torch.Tensor | None = None,
     *,
     share_focal: bool = True,
-    fix_principal_point: bool = True,
+    fix_principal_point: bool | None = None,
+    zoom: bool | None = None,
     focal: float | tuple[float, float] | None = None,
     iterations: int = 20,
     robust: RobustLoss = "cauchy",
@@ -39,7 +40,12 @@ def post_optimize(
             the robust refinement; confidence 0 or NaN drops the pixel. Non-finite points are
             dropped either way.
         share_focal: one K for all frames (the paper); False fits each frame's own intrinsics.
-        fix_principal_point: keep ``(cx, cy)`` at the image centre ``((W-1)/2, (H-1)/2)``.
+        fix_principal_point: True keeps ``(cx, cy)`` at the image centre ``((W-1)/2, (H-1)/2)``,
+            False fits it; None (default) keeps it there unless the data supports fitting it
+            (see :mod:`~fourdnex_core.geometry.postopt.models`).
+        zoom: with a shared K, True also fits a focal per frame (fx / fy and the principal
+            point shared: a zoom), False does not; None (default) fits one when the data
+            supports it. The result's ``camera_model`` says what was fitted.
         focal: known focal length in pixels (``fx = fy``, or a ``(fx, fy)`` pair); it is then kept.
         iterations: most Levenberg-Marquardt iterations; stops earlier once converged.
         robust: ``"cauchy"`` (default) or ``"huber"`` weights against outliers, or ``"none"``.
@@ -54,6 +60,9 @@ def post_optimize(
         A :class:`PostOptResult`, in the dtype of ``xyz``.
     """
     check_options(focal, iterations, robust, max_points_per_frame)
+    if zoom and (focal is not None or not share_focal):
+        raise ValueError("zoom=True fits a focal per frame on top of one shared K; it cannot go with a known focal "
+                         "or share_focal=False (which already fits each frame's own intrinsics).")
     check_inputs(xyz, mask, min_confidence)
     xyz = xyz.detach()
     _, height, width, _ = xyz.shape
@@ -61,10 +70,19 @@ def post_optimize(
     centre, scale, precision = scene_normalization(samples, xyz.dtype)
     points = torch.where(samples.weights[..., None] > 0, (samples.points - centre) / scale, 0.0)
 
-    problem = Problem(samples.pixels(width), points, samples.weights, robust, share_focal or focal is not None,
-                      free_intrinsics(fix_principal_point, focal), precision)
+    shared = share_focal or focal is not None
+    problem = Problem(samples.pixels(width), points, samples.weights, robust, shared,
+                      free_intrinsics(fix_principal_point is not False, focal), precision, zoom=bool(zoom))
+    candidates = (PRINCIPAL_POINT,) if fix_principal_point is None else ()
+    if zoom is None and shared and focal is None:
+        candidates = (*candidates, ZOOM)
     state = initial_state(problem.head(_INIT_POINTS_PER_FRAME), height, width, focal)
-    state, iterations_run = levenberg_marquardt(problem, state, iterations, callback)
+    problem, state, iterations_run, chosen, evidence = select_model(problem, state, candidates, iterations,
+                                                                    callback)
+    model = CameraModel(principal_point="fitted" if 2 in problem.free else "image centre",
+                        focal="known" if focal is not None else "zoom" if problem.zoom else
+                        "shared" if shared else "per frame", from_data=chosen, evidence=evidence)
     return PostOptResult.from_cameras(xyz, mask, min_confidence, state.intrinsics, state.rotation,
-                                      state.translation * scale + centre, shared_intrinsics=problem.shared,
-                                      iterations=iterations_run)
+                                      state.translation * scale + centre,
+                                      shared_intrinsics=shared and not problem.zoom, iterations=iterations_run,
+                                      camera_model=model)

@@ -163,3 +163,48 @@ def test_save_prefixes_stay_in_the_output_folder(tmp_path):
         for node in _load(path)["nodes"]:
             if node["type"] in ("FourDNeXSave", "SaveAnimatedWEBP", "SaveVideo"):
                 safe_output_folder(tmp_path, node["widgets_values"][0])
+
+
+FRONTEND_SIZES = json.loads((Path(__file__).parent / "fixtures" / "frontend_node_sizes.json").read_text("utf-8"))
+TITLE_HEIGHT = 30  # the frontend draws a node's title bar above its position
+
+
+def _drawn_rect(node: dict, sizes: dict) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a node as the frontend draws it: title bar included, at the larger of
+    the saved size and the frontend's own (tests/fixtures/frontend_node_sizes.json, from a harness export)."""
+    width = max(node["size"][0], sizes[str(node["id"])][0])
+    height = max(node["size"][1], sizes[str(node["id"])][1])
+    x, y = node["pos"]
+    return x, y - TITLE_HEIGHT, x + width, y + height
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_no_two_nodes_overlap_at_the_sizes_the_frontend_draws(path):
+    sizes = FRONTEND_SIZES[path.name]
+    nodes = _load(path)["nodes"]
+    missing = {str(n["id"]) for n in nodes} - set(sizes)
+    assert not missing, f"{path.name}: no frontend size for nodes {missing}; refresh (scripts/layout_workflows.py)"
+    rects = {node["id"]: _drawn_rect(node, sizes) for node in nodes}
+    ids = sorted(rects)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            (l1, t1, r1, b1), (l2, t2, r2, b2) = rects[a], rects[b]
+            assert r1 <= l2 or r2 <= l1 or b1 <= t2 or b2 <= t1, f"{path.name}: nodes #{a} and #{b} overlap"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_every_node_sits_in_one_stage_group_read_left_to_right(path):
+    workflow = _load(path)
+    groups = workflow["groups"]
+    assert groups, f"{path.name} has no stage groups"
+    titles = [group["title"] for group in groups]
+    assert titles == [f"{i + 1} {title.split(' ', 1)[1]}" for i, title in enumerate(titles)], titles
+    lefts = [group["bounding"][0] for group in groups]
+    assert lefts == sorted(lefts), f"{path.name}: stage groups do not read left to right"
+    sizes = FRONTEND_SIZES[path.name]
+    for node in _server_nodes(path):
+        left, top, right, bottom = _drawn_rect(node, sizes)
+        holding = [g["title"] for g in groups
+                   if g["bounding"][0] <= left and right <= g["bounding"][0] + g["bounding"][2]
+                   and g["bounding"][1] <= top and bottom <= g["bounding"][1] + g["bounding"][3]]
+        assert len(holding) == 1, f"{path.name}: {node['type']} #{node['id']} is inside {holding}"

@@ -19,7 +19,8 @@ inputs above, so a run with other settings starts from the same points):
 
 ============  ==================  ========================================================
 depth         [F, H, W] f32       per-pixel depth along the camera z axis (0: not used)
-K             [3, 3] f32          shared intrinsics, OpenCV convention
+K             [3, 3] f32          intrinsics, OpenCV convention: one K for all frames,
+              or [F, 3, 3] f32    or one per frame (the camera zooms)
 cams2world    [F, 4, 4] f32       camera-to-world transforms, OpenCV convention
 residuals     [F] f32             post-optimization fit error per frame (scene units)
 valid         [F, H, W] bool      the points the fit used: finite xyz, inside ``mask``,
@@ -70,14 +71,23 @@ class Scene:
         expected = {"depth": (frames, height, width), "K": (3, 3), "cams2world": (frames, 4, 4),
                     "mask": (frames, height, width), "residuals": (frames,), "confidence": (frames, height, width),
                     "valid": (frames, height, width)}
+        if self.K is not None and tuple(self.K.shape) == (frames, 3, 3):
+            expected["K"] = (frames, 3, 3)  # one K per frame
         for key, shape in expected.items():
             value = getattr(self, key)
             if value is not None and tuple(value.shape) != shape:
-                raise ValueError(f"Scene.{key} must have shape {shape}, got {tuple(value.shape)}.")
+                also = f" or {(frames, 3, 3)} (one per frame)" if key == "K" else ""
+                raise ValueError(f"Scene.{key} must have shape {shape}{also}, got {tuple(value.shape)}.")
 
     @property
     def num_frames(self) -> int:
         return self.rgb.shape[0]
+
+    def frame_K(self, index: int) -> np.ndarray:
+        """Intrinsics [3, 3] of frame ``index`` (the shared K, or that frame's). Needs K."""
+        if self.K is None:
+            raise ValueError("The scene has no intrinsics; post-optimize it first.")
+        return self.K if self.K.ndim == 2 else self.K[index]
 
     def point_mask(self) -> np.ndarray | None:
         """[F, H, W] bool: the points to show (``mask`` and, after post-optimization, ``valid``), or

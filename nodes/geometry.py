@@ -12,7 +12,7 @@ from fourdnex_core.geometry.point_maps import depth_image, point_maps_from_posto
 from fourdnex_core.geometry.pointcloud import PointFilter
 from fourdnex_core.geometry.postopt import post_optimize
 from fourdnex_core.geometry.render import fit_intrinsics, render_views
-from fourdnex_core.geometry.trajectories import TRAJECTORIES, preview_cameras
+from fourdnex_core.geometry.trajectories import TRAJECTORIES, preview_cameras, views_intrinsics
 from fourdnex_core.geometry.trajectories import trajectory as trajectory_poses
 from fourdnex_core.scene_file import load_scene
 from fourdnex_core.scene_file import save_scene as write_scene
@@ -288,7 +288,8 @@ class FourDNeXRenderNovelView:
                 raise ValueError(f"time_frame must be below the scene's {len(clouds)} frames, or -1.")
             clouds = [clouds[time_frame]]
         progress = comfy.Progress(poses.shape[0], unique_id)
-        return (_render(clouds, torch.from_numpy(scene.K), poses, scene.rgb.shape[1:3], width, height,
+        K = views_intrinsics(scene.K, trajectory, poses.shape[0])
+        return (_render(clouds, K, poses, scene.rgb.shape[1:3], width, height,
                         point_size, progress),)
 
 

@@ -148,3 +148,19 @@ def test_missing_or_malformed_input_gives_a_clear_error(tmp_path, capsys, setup,
         save_scene(scene, directory / "scene.npz")
     assert main(["postopt", str(directory), *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_zooming_scene_gets_a_k_per_frame_through_export_and_render(tmp_path, capsys):
+    truth = make_synthetic_scene(6, HEIGHT, WIDTH, zoom=1.4, seed=27)
+    save_scene(truth.to_scene_file(), tmp_path / "scene.npz")
+    assert main(["postopt", str(tmp_path)]) == 0
+    assert "camera model: a focal per frame (zoom)" in capsys.readouterr().out
+    written = load_scene(tmp_path / "scene.npz")
+    assert written.K.shape == (6, 3, 3)
+    np.testing.assert_allclose(written.K, truth.intrinsics.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(written.depth[written.valid], truth.depth.numpy()[written.valid], rtol=1e-3)
+    assert main(["export", str(tmp_path), "--cameras", "--out", str(tmp_path / "export")]) == 0
+    from fourdnex_core.geometry.export_cameras import read_cameras_json
+    np.testing.assert_allclose(read_cameras_json(tmp_path / "export" / "cameras.json").K, written.K, rtol=1e-6)
+    assert main(["postopt", str(tmp_path), "--zoom", "no", "--principal-point", "centre"]) == 0
+    assert load_scene(tmp_path / "scene.npz").K.shape == (3, 3)

@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "postopt",
         help="recover cameras, intrinsics and depth from a scene's XYZ",
-        description="Read DIR/scene.npz, fit one pinhole K, a camera per frame and a depth per pixel to its XYZ "
+        description="Read DIR/scene.npz, fit one pinhole K (with a fitted principal point or a focal per frame "
+                    "when the data supports them), a camera per frame and a depth per pixel to its XYZ "
                     "(paper eq. 9-10), and write depth, K, cams2world, residuals and valid (the points used) into the "
                     "file; its rgb, xyz, mask and confidence are never changed, so it can run again with other "
                     "settings. The scene's confidence array, when present, weights the points.",
@@ -40,8 +41,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("directory", type=Path, metavar="DIR",
                         help=f"folder holding {SCENE_FILE} (written by `fourdnex generate`), or the .npz file")
     parser.add_argument("--focal", type=float, default=None, help="known focal length in pixels, kept fixed")
-    parser.add_argument("--free-principal-point", action="store_true",
-                        help="also fit the principal point (default: fixed at the image centre)")
+    parser.add_argument("--principal-point", choices=("auto", "centre", "fitted"), default="auto",
+                        help="keep the principal point at the image centre, fit it, or (auto, default) fit it only "
+                             "when the data supports it")
+    parser.add_argument("--free-principal-point", action="store_const", const="fitted", dest="principal_point",
+                        help="the same as --principal-point fitted")
+    parser.add_argument("--zoom", choices=("auto", "yes", "no"), default="auto",
+                        help="fit a focal per frame (a zoom) on top of the shared K: yes, no, or (auto, default) only "
+                             "when the data supports it; a zoom writes K as [F, 3, 3]")
     parser.add_argument("--robust", choices=("cauchy", "huber", "none"), default="cauchy",
                         help="robust loss against outlier points (default: cauchy)")
     parser.add_argument("--iterations", type=int, default=None,
@@ -59,21 +66,24 @@ def run(args: argparse.Namespace) -> int:
     scene = load_scene(path)
     dataclasses.replace(scene, valid=None).check_points(path)  # the inputs, not an earlier run's selection
     xyz = torch.from_numpy(scene.xyz)
-    if args.reference and (args.focal is not None or args.robust != "cauchy"):
-        raise ValueError("--focal and --robust belong to the default solver; drop them or drop --reference.")
+    if args.reference and (args.focal is not None or args.robust != "cauchy" or args.zoom == "yes"):
+        raise ValueError("--focal and --robust (and --zoom yes) belong to the default solver; drop them or drop "
+                         "--reference.")
+    fix_principal_point = {"auto": None, "centre": True, "fitted": False}[args.principal_point]
     if args.min_confidence and scene.confidence is None:
         raise ValueError(f"--min-confidence needs a confidence array, and {path} has none; drop the option.")
     mask = _point_mask(scene, args.min_confidence)
     started = time.perf_counter()
     if args.reference:
         iterations = RELEASE_ITERATIONS if args.iterations is None else args.iterations
-        result = post_optimize_reference(xyz, mask, fix_principal_point=not args.free_principal_point,
+        result = post_optimize_reference(xyz, mask, fix_principal_point=fix_principal_point is not False,
                                          iterations=iterations)
     else:
         iterations = DEFAULT_ITERATIONS if args.iterations is None else args.iterations
         with tqdm(total=iterations, desc="post-optimization", unit="it") as bar:
-            result = post_optimize(xyz, mask, focal=args.focal, fix_principal_point=not args.free_principal_point,
-                                   iterations=iterations, robust=args.robust, callback=_step_bar(bar))
+            result = post_optimize(xyz, mask, focal=args.focal, fix_principal_point=fix_principal_point,
+                                   zoom={"auto": None, "yes": True, "no": False}[args.zoom], iterations=iterations,
+                                   robust=args.robust, callback=_step_bar(bar))
             bar.total = bar.n  # converged early: show the bar complete
             bar.refresh()
     elapsed = time.perf_counter() - started
@@ -106,7 +116,7 @@ def _with_cameras(scene: Scene, result: PostOptResult) -> Scene:
     return dataclasses.replace(
         scene,
         depth=result.depth.numpy(),
-        K=result.K.numpy(),
+        K=result.scene_K.numpy(),
         cams2world=result.cams2world.numpy(),
         valid=result.valid.numpy(),
         residuals=result.residuals.numpy(),
@@ -115,10 +125,18 @@ def _with_cameras(scene: Scene, result: PostOptResult) -> Scene:
 
 def _print_summary(result: PostOptResult, elapsed: float, path: Path) -> None:
     frames, height, width = result.depth.shape
-    fx, fy, cx, cy = (float(value) for value in (result.K[0, 0], result.K[1, 1], result.K[0, 2], result.K[1, 2]))
     residuals = result.residuals
     print(f"post-optimized {frames} frames of {height}x{width} in {elapsed:.2f} s ({result.iterations} iterations)")
-    print(f"  K: fx {fx:.2f}  fy {fy:.2f}  cx {cx:.2f}  cy {cy:.2f} (pixels)")
+    if result.camera_model is not None:
+        print(f"  camera model: {result.camera_model}")
+    K = result.intrinsics
+    fx, fy, cx, cy = (K[:, row, column] for row, column in ((0, 0), (1, 1), (0, 2), (1, 2)))
+    if result.shared_intrinsics:
+        print(f"  K: fx {float(fx[0]):.2f}  fy {float(fy[0]):.2f}  cx {float(cx[0]):.2f}  cy {float(cy[0]):.2f} "
+              "(pixels)")
+    else:
+        print(f"  K per frame: fx {float(fx.min()):.2f} .. {float(fx.max()):.2f}  fy {float(fy.min()):.2f} .. "
+              f"{float(fy.max()):.2f}  cx {float(cx.mean()):.2f}  cy {float(cy.mean()):.2f} (pixels)")
     print(f"  median point error per frame: {float(residuals.median()):.4g} "
           f"(range {float(residuals.min()):.4g} .. {float(residuals.max()):.4g}, scene units)")
     print(f"  points left out (non-finite or masked): {int(result.num_invalid.sum())}")

@@ -28,7 +28,7 @@ from fourdnex_core.cli.export import add_point_options, point_filter_from_args, 
 from fourdnex_core.geometry.export_cameras import CameraSet, read_cameras_json
 from fourdnex_core.geometry.pointcloud import ScenePointClouds, frame_depth
 from fourdnex_core.geometry.render import Rendering, fit_intrinsics, render_views
-from fourdnex_core.geometry.trajectories import dolly, offset_path, orbit, point_ahead
+from fourdnex_core.geometry.trajectories import dolly, offset_path, orbit, point_ahead, views_intrinsics
 from fourdnex_core.scene_file import Scene, load_scene
 from fourdnex_core.video_io import frame_path, frame_to_uint8, save_frame, write_video
 
@@ -101,7 +101,8 @@ def trajectory_cameras(args: argparse.Namespace, scene: Scene, source: Path) -> 
             poses = dolly(recovered[0], num_views, args.distance * unit)
         else:
             poses = offset_path(recovered, torch.tensor(args.offset, dtype=recovered.dtype) * unit)
-    return CameraSet(cameras.K, poses.numpy(), cameras.width, cameras.height)
+    K = views_intrinsics(cameras.K, args.trajectory, poses.shape[0]).numpy()
+    return CameraSet(K, poses.numpy(), cameras.width, cameras.height)
 
 
 def _saved_frames(renderings: Iterator[Rendering], directory: Path | None) -> Iterator[np.ndarray]:

@@ -7,8 +7,12 @@
      "intrinsics": {"fx": .., "fy": .., "cx": .., "cy": .., "K": [[3 x 3]]},
      "frames": [{"index": 0, "cam2world": [[4 x 4]], "world2cam": [[4 x 4]]}, ...]}
 
+When the frames have their own intrinsics (a zoom), each frame also holds its ``"intrinsics"``
+(same keys) and the top-level ``"intrinsics"`` are the first frame's.
+
 ``transforms.json`` follows Nerfstudio: ``fl_x, fl_y, cx, cy, w, h``, ``camera_model`` "OPENCV"
-and ``frames[].file_path`` / ``frames[].transform_matrix``. Nerfstudio's camera axes are OpenGL's
+and ``frames[].file_path`` / ``frames[].transform_matrix`` (per-frame intrinsics as Nerfstudio's
+per-frame ``fl_x, fl_y, cx, cy``). Nerfstudio's camera axes are OpenGL's
 (x right, y up, looking down -z), so ``transform_matrix = cam2world @ diag(1, -1, -1, 1)``: the
 camera's y and z columns are negated; the world axes are left as they are (Nerfstudio re-orients
 and re-centres poses itself when it loads them).
@@ -30,9 +34,10 @@ OPENGL_FROM_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 @dataclasses.dataclass
 class CameraSet:
-    """Shared intrinsics and per-frame poses.
+    """Intrinsics and per-frame poses.
 
-    K: [3, 3] pixels; cams2world: [F, 4, 4] OpenCV convention; width, height: image size in pixels.
+    K: [3, 3] pixels (shared) or [F, 3, 3] (one per frame); cams2world: [F, 4, 4] OpenCV
+    convention; width, height: image size in pixels.
     """
 
     K: np.ndarray
@@ -43,10 +48,11 @@ class CameraSet:
     def __post_init__(self) -> None:
         self.K = np.asarray(self.K, dtype=np.float64)
         self.cams2world = np.asarray(self.cams2world, dtype=np.float64)
-        if self.K.shape != (3, 3):
-            raise ValueError(f"CameraSet.K must be [3, 3], got {self.K.shape}.")
         if self.cams2world.ndim != 3 or self.cams2world.shape[1:] != (4, 4):
             raise ValueError(f"CameraSet.cams2world must be [F, 4, 4], got {self.cams2world.shape}.")
+        if self.K.shape not in ((3, 3), (len(self.cams2world), 3, 3)):
+            raise ValueError(f"CameraSet.K must be [3, 3] or [{len(self.cams2world)}, 3, 3] (one per frame), got "
+                             f"{self.K.shape}.")
         if not np.allclose(self.cams2world[:, 3], [0, 0, 0, 1]):
             raise ValueError("CameraSet.cams2world rows 4 must be [0, 0, 0, 1]: rigid 4 x 4 transforms expected.")
         if self.width < 1 or self.height < 1:
@@ -55,6 +61,19 @@ class CameraSet:
     @property
     def num_frames(self) -> int:
         return self.cams2world.shape[0]
+
+    @property
+    def per_frame(self) -> bool:
+        """Whether each frame has its own intrinsics."""
+        return self.K.ndim == 3
+
+    def frame_K(self, index: int) -> np.ndarray:
+        """Intrinsics [3, 3] of frame ``index``."""
+        return self.K[index] if self.per_frame else self.K
+
+
+def _intrinsics_entry(K: np.ndarray) -> dict:
+    return {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "K": K.tolist()}
 
 
 def _load_json(path: Path) -> dict:
@@ -76,14 +95,16 @@ def write_cameras_json(path: str | Path, cameras: CameraSet) -> Path:
     """Write ``cameras`` in the ``cameras.json`` layout of the module docstring."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    K = cameras.K
     frames = [{"index": index, "cam2world": pose.tolist(), "world2cam": np.linalg.inv(pose).tolist()}
               for index, pose in enumerate(cameras.cams2world)]
+    if cameras.per_frame:
+        for index, frame in enumerate(frames):
+            frame["intrinsics"] = _intrinsics_entry(cameras.frame_K(index))
     document = {
         "convention": "opencv",
         "description": "camera x right, y down, z forward; cam2world maps camera to scene (first camera's) frame",
         "width": cameras.width, "height": cameras.height,
-        "intrinsics": {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "K": K.tolist()},
+        "intrinsics": _intrinsics_entry(cameras.frame_K(0)),
         "frames": frames,
     }
     return _write_json(path, document)
@@ -99,8 +120,10 @@ def read_cameras_json(path: str | Path) -> CameraSet:
     frames = _field(path, data, "frames")
     try:
         poses = np.array([frame["cam2world"] for frame in frames], dtype=np.float64).reshape(len(frames), 4, 4)
-        return CameraSet(np.array(_field(path, intrinsics, "K"), dtype=np.float64),
-                         poses, int(data["width"]), int(data["height"]))
+        K = np.array(_field(path, intrinsics, "K"), dtype=np.float64)
+        if any("intrinsics" in frame for frame in frames):
+            K = np.array([frame["intrinsics"]["K"] for frame in frames], dtype=np.float64)
+        return CameraSet(K, poses, int(data["width"]), int(data["height"]))
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path} holds malformed cameras ({error}); re-export them with fourdnex export.") from error
 
@@ -112,7 +135,7 @@ def write_transforms_json(path: str | Path, cameras: CameraSet, file_paths: Sequ
         raise ValueError(f"Got {len(file_paths)} image paths for {cameras.num_frames} cameras; give one per frame.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    K = cameras.K
+    K = cameras.frame_K(0)
     document: dict = {
         "camera_model": "OPENCV",
         "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2],
@@ -121,6 +144,10 @@ def write_transforms_json(path: str | Path, cameras: CameraSet, file_paths: Sequ
         "frames": [{"file_path": file_path, "transform_matrix": (pose @ OPENGL_FROM_OPENCV).tolist()}
                    for file_path, pose in zip(file_paths, cameras.cams2world, strict=True)],
     }
+    if cameras.per_frame:  # Nerfstudio reads per-frame intrinsics from these keys
+        for index, frame in enumerate(document["frames"]):
+            own = cameras.frame_K(index)
+            frame.update({"fl_x": own[0, 0], "fl_y": own[1, 1], "cx": own[0, 2], "cy": own[1, 2]})
     if ply_file_path is not None:
         document["ply_file_path"] = ply_file_path
     return _write_json(path, document)
@@ -139,9 +166,14 @@ def read_transforms_json(path: str | Path) -> tuple[CameraSet, list[str]]:
     data = _load_json(path)
     frames = _field(path, data, "frames")
     try:
-        K = np.array([[data["fl_x"], 0.0, data["cx"]], [0.0, data["fl_y"], data["cy"]], [0.0, 0.0, 1.0]])
+        def matrix(entry: dict) -> list:
+            return [[entry["fl_x"], 0.0, entry["cx"]], [0.0, entry["fl_y"], entry["cy"]], [0.0, 0.0, 1.0]]
+
+        K = np.array(matrix(data))
+        if any("fl_x" in frame for frame in frames):
+            K = np.array([matrix({**data, **frame}) for frame in frames])
         poses = np.array([frame["transform_matrix"] for frame in frames], dtype=np.float64).reshape(-1, 4, 4)
         cameras = CameraSet(K, poses @ OPENGL_FROM_OPENCV, int(data["w"]), int(data["h"]))
         return cameras, [str(frame["file_path"]) for frame in frames]
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path} is not a Nerfstudio transforms.json with shared intrinsics ({error}).") from error
+        raise ValueError(f"{path} is not a Nerfstudio transforms.json with pinhole intrinsics ({error}).") from error

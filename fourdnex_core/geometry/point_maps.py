@@ -41,7 +41,8 @@ class PointMaps:
 
 @dataclasses.dataclass
 class Cameras:
-    """Recovered cameras: K [3, 3], cams2world [F, 4, 4] (OpenCV), depth [F, H, W], residuals [F]."""
+    """Recovered cameras: K [3, 3] (shared) or [F, 3, 3] (per frame), cams2world [F, 4, 4] (OpenCV),
+    depth [F, H, W], residuals [F]."""
 
     K: torch.Tensor
     cams2world: torch.Tensor
@@ -62,7 +63,7 @@ class Cameras:
 
 def point_maps_from_postopt(point_maps: PointMaps, result: PostOptResult) -> tuple[Cameras, PointMaps]:
     """Cameras and the registered point maps (``R K^-1 d [u, v, 1] + t``) of a post-optimization."""
-    cameras = Cameras(K=result.K, cams2world=result.cams2world, depth=result.depth, residuals=result.residuals)
+    cameras = Cameras(K=result.scene_K, cams2world=result.cams2world, depth=result.depth, residuals=result.residuals)
     registered = PointMaps(xyz=result.points, rgb=point_maps.rgb, mask=result.valid)
     return cameras, registered
 

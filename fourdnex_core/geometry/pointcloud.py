@@ -129,7 +129,7 @@ def frame_depth(scene: Scene, index: int) -> np.ndarray | None:
 def frame_points(scene: Scene, index: int) -> np.ndarray:
     """Scene points of frame ``index``: [H, W, 3], re-projected from depth when post-opt has run."""
     if scene.depth is not None and scene.K is not None and scene.cams2world is not None:
-        return unproject_depth(scene.depth[index], scene.K, scene.cams2world[index])
+        return unproject_depth(scene.depth[index], scene.frame_K(index), scene.cams2world[index])
     return scene.xyz[index]
 
 

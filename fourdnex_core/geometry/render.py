@@ -43,7 +43,7 @@ class Rendering:
 
 
 def fit_intrinsics(K: torch.Tensor, source_size: tuple[int, int], target_size: tuple[int, int]) -> torch.Tensor:
-    """Intrinsics [3, 3] for a ``target_size`` (H, W) image showing all of a ``source_size`` view.
+    """Intrinsics [..., 3, 3] for a ``target_size`` (H, W) image showing all of a ``source_size`` view.
 
     The view is scaled uniformly by min(H'/H, W'/W) and centred, so nothing is cropped and
     pixels stay square.
@@ -51,9 +51,9 @@ def fit_intrinsics(K: torch.Tensor, source_size: tuple[int, int], target_size: t
     (source_h, source_w), (target_h, target_w) = source_size, target_size
     scale = min(target_h / source_h, target_w / source_w)
     fitted = K.clone().to(torch.float64)
-    fitted[:2, :2] *= scale
-    fitted[0, 2] = scale * (K[0, 2] + 0.5) - 0.5 + (target_w - scale * source_w) / 2
-    fitted[1, 2] = scale * (K[1, 2] + 0.5) - 0.5 + (target_h - scale * source_h) / 2
+    fitted[..., :2, :2] *= scale
+    fitted[..., 0, 2] = scale * (K[..., 0, 2] + 0.5) - 0.5 + (target_w - scale * source_w) / 2
+    fitted[..., 1, 2] = scale * (K[..., 1, 2] + 0.5) - 0.5 + (target_h - scale * source_h) / 2
     return fitted.to(K.dtype)
 
 
@@ -140,12 +140,14 @@ def render_views(clouds: Sequence[PointCloud], K: torch.Tensor, cams2world: torc
                  device: str | torch.device = "cpu", progress: bool = True) -> Iterator[Rendering]:
     """Render a point-cloud sequence along a camera trajectory, one view at a time.
 
-    clouds: F point clouds (OpenCV axes); K: [3, 3] for the ``height`` x ``width`` output;
-    cams2world: [N, 4, 4]. View k shows ``clouds[cloud_schedule(N, F)[k]]``; a single cloud is
-    shown from every camera (frozen time).
+    clouds: F point clouds (OpenCV axes); K: [3, 3] for the ``height`` x ``width`` output, or
+    [N, 3, 3], one per view (a zooming camera); cams2world: [N, 4, 4]. View k shows
+    ``clouds[cloud_schedule(N, F)[k]]``; a single cloud is shown from every camera (frozen time).
     """
     if cams2world.ndim != 3 or cams2world.shape[1:] != (4, 4):
         raise ValueError(f"cams2world must be [N, 4, 4], got {tuple(cams2world.shape)}.")
+    if tuple(K.shape) not in ((3, 3), (cams2world.shape[0], 3, 3)):
+        raise ValueError(f"K must be [3, 3] or [{cams2world.shape[0]}, 3, 3] (one per view), got {tuple(K.shape)}.")
     world2cams = inverse_transformation(cams2world.to(torch.float64)).to(device=device, dtype=torch.float32)
     schedule = cloud_schedule(cams2world.shape[0], len(clouds))
     loaded_index, points, colors = -1, None, None
@@ -155,4 +157,5 @@ def render_views(clouds: Sequence[PointCloud], K: torch.Tensor, cams2world: torc
             points = torch.from_numpy(cloud.positions).to(device)
             colors = torch.from_numpy(cloud.colors).to(device)
             loaded_index = cloud_index
-        yield splat_points(points, colors, K, world2cams[view], height, width, point_size, background)
+        view_K = K[view] if K.ndim == 3 else K
+        yield splat_points(points, colors, view_K, world2cams[view], height, width, point_size, background)

@@ -125,9 +125,19 @@ def trajectory(scene: Scene, kind: str, num_views: int, arc_degrees: float = 30.
     raise ValueError(f"Unknown trajectory {kind!r}; use one of {', '.join(TRAJECTORIES)}.")
 
 
+def views_intrinsics(K: np.ndarray | torch.Tensor, kind: str, num_views: int) -> torch.Tensor:
+    """Intrinsics for the views of a trajectory, from the scene's K [3, 3] or [F, 3, 3]: a shared K
+    as it is; with one K per frame (a zoom), the frames' own along the recovered path (``path``,
+    ``path-offset``: one view per frame), else the first frame's [3, 3]."""
+    K = torch.as_tensor(K)
+    if K.ndim == 2 or (kind in ("path", "path-offset") and num_views == K.shape[0]):
+        return K
+    return K[0]
+
+
 def preview_cameras(scene: Scene, focal_factor: float = 1.2) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K [3, 3], cams2world [F, 4, 4]) to show a scene from: its recovered cameras, or, without
-    post-optimization, the same camera for every frame: ``fx = fy = focal_factor * W``, looking
+    """(K [3, 3] or [F, 3, 3], cams2world [F, 4, 4]) to show a scene from: its recovered cameras, or,
+    without post-optimization, the same camera for every frame: ``fx = fy = focal_factor * W``, looking
     down +z at the first frame's points from far enough back to see them all."""
     height, width = scene.rgb.shape[1:3]
     if scene.K is not None and scene.cams2world is not None:

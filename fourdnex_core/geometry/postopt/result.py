@@ -126,8 +126,14 @@ class PostOptResult:
     def K(self) -> torch.Tensor:
         """The shared intrinsics [3, 3]. Raises if each frame has its own K."""
         if not self.shared_intrinsics:
-            raise ValueError("Intrinsics were fitted per frame (share_focal=False); use .intrinsics [F, 3, 3].")
+            raise ValueError("Intrinsics were fitted per frame (share_focal=False, or a zoom); use .intrinsics "
+                             "[F, 3, 3], or .scene_K.")
         return self.intrinsics[0]
+
+    @property
+    def scene_K(self) -> torch.Tensor:
+        """What ``scene.npz`` stores as K: the shared K [3, 3], or one per frame [F, 3, 3]."""
+        return self.intrinsics[0] if self.shared_intrinsics else self.intrinsics
 
 
 @dataclasses.dataclass

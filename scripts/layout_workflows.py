@@ -3,7 +3,8 @@
 Node sizes are the larger of the size saved in the workflow and the size the ComfyUI frontend
 draws the node at (``tests/fixtures/frontend_node_sizes.json``, exported from a harness run, see
 ``--help``), so no two nodes overlap on a person's first look. Within a stage the nodes keep their
-current top-to-bottom order. Frontend-only notes go above the first column.
+data-flow order (then their current top-to-bottom order; the outputs keep theirs). Frontend-only notes go above the first
+column.
 
     python scripts/layout_workflows.py workflows/*.json
 
@@ -58,6 +59,23 @@ def drawn_size(node: dict, sizes: dict[str, list[float]]) -> list[float]:
     return [max(node["size"][0], frontend[0], room[0]), max(node["size"][1], frontend[1], room[1])]
 
 
+def data_flow_depth(workflow: dict) -> dict[int, int]:
+    """{node id: the number of links on the longest path from a node without inputs}."""
+    inputs: dict[int, list[int]] = {node["id"]: [] for node in workflow["nodes"]}
+    for _, source, _, target, _, _ in workflow["links"]:
+        inputs[target].append(source)
+    depth: dict[int, int] = {}
+
+    def visit(node_id: int) -> int:
+        if node_id not in depth:
+            depth[node_id] = 1 + max((visit(source) for source in inputs[node_id]), default=-1)
+        return depth[node_id]
+
+    for node_id in inputs:
+        visit(node_id)
+    return depth
+
+
 def layout(workflow: dict, sizes: dict[str, list[float]]) -> dict:
     """Positions, sizes and stage groups for every node of a UI-format workflow (changed in place)."""
     nodes = workflow["nodes"]
@@ -74,9 +92,12 @@ def layout(workflow: dict, sizes: dict[str, list[float]]) -> dict:
         x += note["size"][0] + GAP
     if notes:
         top += max(n["size"][1] for n in notes) + GAP + GROUP_TITLE
+    depth = data_flow_depth(workflow)
     groups, x = [], 0.0
     for index, (title, _) in enumerate(STAGES):
-        column = sorted((n for n in nodes if STAGE_OF.get(n["type"]) == index), key=lambda n: (n["pos"][1], n["pos"][0]))
+        last = index == len(STAGES) - 1  # the outputs keep the author's order (the 4D viewer first)
+        column = sorted((n for n in nodes if STAGE_OF.get(n["type"]) == index),
+                        key=lambda n: (0 if last else depth[n["id"]], n["pos"][1], n["pos"][0]))
         if not column:
             continue
         width = max(n["size"][0] for n in column)

@@ -52,33 +52,43 @@ RELEASED_DOMAIN_EMBEDDINGS_FILE = "learnable_domain_embeddings.pt"
 
 
 @dataclasses.dataclass
-class ModelLocations:
-    """Where the weights are.
+class WanLocations:
+    """Where the Wan2.1 I2V weights are (the CLI's ``--models`` ..., the trainer's ``[models]``).
 
-    ``models`` is a diffusers model folder or a ComfyUI ``models/`` folder and serves every
-    component; the per-component fields (a file or folder) override it. ``lora`` is a LoRA file
-    (any supported format) or the released 4DNeX folder holding ``pytorch_lora_weights.safetensors``
-    and ``learnable_domain_embeddings.pt``; ``domain_embeddings`` overrides the embeddings.
+    ``root`` is a diffusers model folder or a ComfyUI ``models/`` folder and serves every
+    component; the per-component fields (a file or folder) override it; ``tokenizer`` is a UMT5
+    tokenizer folder for text-encoder files that carry none.
     """
 
-    models: Path | None = None
+    root: Path | None = None
     transformer: Path | None = None
     vae: Path | None = None
     text_encoder: Path | None = None
     clip_vision: Path | None = None
     tokenizer: Path | None = None
-    lora: Path | None = None
-    domain_embeddings: Path | None = None
 
     def source(self, component: str):
         """The :class:`~.loading.locate.ModelSource` of ``component``, or a clear error."""
-        path = getattr(self, component) or self.models
+        path = getattr(self, component) or self.root
         if path is None:
             raise FileNotFoundError(
                 f"No location for the {component}: pass a models folder (a diffusers "
                 f"Wan2.1-I2V-14B-480P-Diffusers folder or ComfyUI's models/) or the {component} file itself."
             )
         return locate(path, component)
+
+
+@dataclasses.dataclass
+class ModelLocations(WanLocations):
+    """Where a 4DNeX model set's weights are: the Wan2.1 I2V components and the 4DNeX LoRA.
+
+    ``lora`` is a LoRA file (any supported format) or the released 4DNeX folder holding
+    ``pytorch_lora_weights.safetensors`` and ``learnable_domain_embeddings.pt``;
+    ``domain_embeddings`` overrides the embeddings.
+    """
+
+    lora: Path | None = None
+    domain_embeddings: Path | None = None
 
 
 def resolve_lora(path: Path, domain_embeddings: Path | None) -> tuple[Path, Path | None]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from fourdnex_core.lowvram import LowVramOptions
 from fourdnex_core.lowvram.options import options_of
+from fourdnex_core.model_set import WanLocations
 from fourdnex_core.lowvram.attention import BACKENDS as ATTENTION_BACKENDS
 from fourdnex_core.representation import check_video_size
 from fourdnex_core.schedulers import SAMPLERS
@@ -86,15 +87,10 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class ModelsConfig:
-    """The Wan2.1 I2V weights: ``root`` serves every component, the others override it."""
+class ModelsConfig(WanLocations):
+    """The Wan2.1 I2V weights (:class:`~fourdnex_core.model_set.WanLocations`: ``root`` serves every
+    component, the others override it) and the dtype they are loaded in."""
 
-    root: Path | None = None
-    transformer: Path | None = None
-    vae: Path | None = None
-    text_encoder: Path | None = None
-    clip_vision: Path | None = None
-    tokenizer: Path | None = None
     dtype: str = "bf16"
 
     def __post_init__(self) -> None:

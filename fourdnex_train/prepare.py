@@ -35,7 +35,6 @@ from fourdnex_core.loading.clip_vision_loader import load_clip_vision
 from fourdnex_core.loading.text_encoder_loader import load_text_encoder
 from fourdnex_core.loading.vae_loader import load_vae
 from fourdnex_core.lowvram import prepare_vae
-from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.representation import xyz_init_map
 from fourdnex_core.vae_io import encode_video
 from fourdnex_train.cache import CachedClip, cache_path, fingerprint, is_cached, write_cached_clip
@@ -66,15 +65,13 @@ class Encoders:
 def load_encoders(models: ModelsConfig, device: torch.device, memory: MemoryConfig | None = None) -> Encoders:
     """Load the Wan VAE (fp32; tiled with ``memory.vae_tiling``), UMT5 and CLIP vision
     (``models.dtype`` on GPU, fp32 on CPU)."""
-    locations = ModelLocations(models=models.root, vae=models.vae, text_encoder=models.text_encoder,
-                               clip_vision=models.clip_vision, tokenizer=models.tokenizer)
     dtype = weight_dtype(models.dtype, device)
-    vae = load_vae(locations.source("vae"), dtype=torch.float32, device=device)
+    vae = load_vae(models.source("vae"), dtype=torch.float32, device=device)
     if memory is not None:
         prepare_vae(vae, memory.low_vram_options())
-    text_encoder, tokenizer = load_text_encoder(locations.source("text_encoder").path,
+    text_encoder, tokenizer = load_text_encoder(models.source("text_encoder").path,
                                                 tokenizer_path=models.tokenizer, dtype=dtype, device=device)
-    image_encoder, image_processor = load_clip_vision(locations.source("clip_vision").path, dtype=dtype,
+    image_encoder, image_processor = load_clip_vision(models.source("clip_vision").path, dtype=dtype,
                                                       device=device)
     return Encoders(vae, text_encoder, tokenizer, image_encoder, image_processor, device)
 

@@ -37,7 +37,6 @@ from fourdnex_core.lowvram import (
     place_transformer,
     prepare_vae,
 )
-from fourdnex_core.model_set import ModelLocations
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
 from fourdnex_train.cache import list_cache
 from fourdnex_train.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -87,12 +86,11 @@ def load_base_transformer(config: TrainConfig, device: torch.device) -> FourDNeX
     if config.models.root is None and config.models.transformer is None:
         raise ConfigError("`fourdnex-train run` needs the base transformer: set [models] root (a diffusers "
                           "Wan2.1-I2V folder or ComfyUI models/) or [models] transformer (its file).")
-    locations = ModelLocations(models=config.models.root, transformer=config.models.transformer)
     dtype = weight_dtype(config.models.dtype, device, config.train.mixed_precision)
     if dtype != dtype_named(config.models.dtype) and device.type != "cpu":
         logger.info("mixed_precision = \"fp32\": loading the base transformer in fp32 (not models.dtype = %s).",
                     config.models.dtype)
-    memory, source = config.memory, locations.source("transformer")
+    memory, source = config.memory, config.models.source("transformer")
     if memory.fp8 == "off" and inspect_transformer(source).fp8 != "none":
         logger.warning("%s holds fp8 weights; with [memory] fp8 = \"off\" they are upcast to %s (twice the memory). "
                        "Set [memory] fp8 = \"weights\" to train on them as they are.", source.path.name,
@@ -308,8 +306,7 @@ class Trainer:
     def _sample_vae(self):
         """The VAE for decoding samples (loaded on first use), or None when decoding is off."""
         if self.config.sample.decode and self._vae is None:
-            locations = ModelLocations(models=self.config.models.root, vae=self.config.models.vae)
-            self._vae = load_vae(locations.source("vae"), dtype=torch.float32, device=self.device)
+            self._vae = load_vae(self.config.models.source("vae"), dtype=torch.float32, device=self.device)
             prepare_vae(self._vae, self.config.memory.low_vram_options())
         return self._vae if self.config.sample.decode else None
 

@@ -184,7 +184,7 @@ def test_text_encoder_auto_precision_follows_the_file_on_the_cpu(tiny, tmp_path)
     fp32_folder = tiny.diffusers_model / "text_encoder"
     assert stored_precision(fp32_folder) == torch.float32
     assert text_encoder_precision("auto", "cpu", fp32_folder) == torch.float32
-    pipeline = load_pipeline(ModelLocations(models=tiny.comfy_models), dtype=torch.float32, text_encoder_dtype="auto")
+    pipeline = load_pipeline(ModelLocations(root=tiny.comfy_models), dtype=torch.float32, text_encoder_dtype="auto")
     assert pipeline.text_encoder.dtype == torch.bfloat16 and pipeline.transformer.dtype == torch.float32
     result = pipeline(load_image(EXAMPLE), "a ball", num_frames=5, height=32, width=48,
                       settings=SamplingSettings(num_inference_steps=2))

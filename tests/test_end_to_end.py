@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from fourdnex_core.cli import main
 from fourdnex_core.loading.fp8 import FP8Linear, is_fp8_dtype
-from fourdnex_core.loading.single_file_writers import save_transformer_single_file
+from fourdnex_core.writing.single_files import save_transformer_single_file
 from fourdnex_core.loading.transformer_loader import load_transformer
 from fourdnex_core.model_set import ModelLocations, load_pipeline
 from fourdnex_core.sampler import SamplingSettings
@@ -63,16 +63,16 @@ def _generate(pipeline, seed=42):
 
 
 def test_pipeline_is_seeded_and_the_lora_changes_the_output(tiny):
-    with_lora = load_pipeline(ModelLocations(models=tiny.comfy_models, lora=tiny.comfy_lora))
+    with_lora = load_pipeline(ModelLocations(root=tiny.comfy_models, lora=tiny.comfy_lora))
     first, second = _generate(with_lora), _generate(with_lora)
     assert torch.equal(first.latent, second.latent)
     assert first.rgb.shape == (5, 32, 48, 3) and first.xyz.shape == (5, 32, 48, 3)
     assert 0 <= first.rgb.min() and first.rgb.max() <= 1 and -1 <= first.xyz.min() and first.xyz.max() <= 1
     assert first.prompt == "a ball POINTMAP_STYLE."
 
-    base = load_pipeline(ModelLocations(models=tiny.comfy_models))
+    base = load_pipeline(ModelLocations(root=tiny.comfy_models))
     assert not torch.allclose(_generate(base).latent, first.latent, atol=1e-3)
-    released_layout = load_pipeline(ModelLocations(models=tiny.comfy_models, lora=tiny.diffusers_lora))
+    released_layout = load_pipeline(ModelLocations(root=tiny.comfy_models, lora=tiny.diffusers_lora))
     torch.testing.assert_close(_generate(released_layout).latent, first.latent, atol=1e-4, rtol=1e-4)
 
 
@@ -130,8 +130,8 @@ def test_fp8_transformer_takes_the_lora_unfused(tiny, tmp_path):
     bf16 = load_transformer(tiny.comfy_models, model_cls=FourDNeXTransformer3DModel, dtype=torch.float32)
     fp8_file = save_transformer_single_file(bf16, tmp_path / "wan2.1_i2v_480p_14B_fp8_scaled.safetensors",
                                             fp8="scaled")
-    base = load_pipeline(ModelLocations(models=tiny.comfy_models, transformer=fp8_file))
-    with_lora = load_pipeline(ModelLocations(models=tiny.comfy_models, transformer=fp8_file, lora=tiny.comfy_lora))
+    base = load_pipeline(ModelLocations(root=tiny.comfy_models, transformer=fp8_file))
+    with_lora = load_pipeline(ModelLocations(root=tiny.comfy_models, transformer=fp8_file, lora=tiny.comfy_lora))
     fp8_layers = [m for m in with_lora.transformer.modules() if isinstance(m, FP8Linear)]
     assert fp8_layers and all(is_fp8_dtype(m.weight.dtype) for m in fp8_layers)  # weights stay fp8
     assert any(m._forward_hooks for m in fp8_layers)  # the LoRA is attached, not fused

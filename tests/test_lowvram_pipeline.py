@@ -51,7 +51,7 @@ def _record_stages(pipeline, monkeypatch):
 
 
 def test_block_swap_offload_and_embedding_cache_are_exact(tiny, tmp_path, monkeypatch):
-    locations = ModelLocations(models=tiny.comfy_models, lora=tiny.comfy_lora)
+    locations = ModelLocations(root=tiny.comfy_models, lora=tiny.comfy_lora)
     plain = _generate(load_pipeline(locations))
 
     cache = EmbeddingCache(directory=tmp_path / "prompts")
@@ -77,7 +77,7 @@ def test_block_swap_offload_and_embedding_cache_are_exact(tiny, tmp_path, monkey
 
 
 def test_step_cache_runs_through_the_pipeline_and_stays_close(tiny):
-    locations = ModelLocations(models=tiny.comfy_models, lora=tiny.comfy_lora)
+    locations = ModelLocations(root=tiny.comfy_models, lora=tiny.comfy_lora)
     plain = _generate(load_pipeline(locations))
     cached = _generate(load_pipeline(locations, memory=LowVramOptions(step_cache_threshold=0.0)))
     assert torch.equal(cached.latent, plain.latent)  # threshold 0: off

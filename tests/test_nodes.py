@@ -158,7 +158,7 @@ def test_node_pipeline_equals_library_pipeline(comfy_env, generated, image):
     """The node graph (our encoders, sampler, decode) reproduces FourDNeXPipeline on the same weights."""
     tiny, _ = comfy_env
     latent, rgb, point_maps, xyz_image = generated
-    pipe = load_pipeline(ModelLocations(models=tiny.comfy_models, lora=tiny.comfy_lora))
+    pipe = load_pipeline(ModelLocations(root=tiny.comfy_models, lora=tiny.comfy_lora))
     result = pipe(image, "a ball", negative_prompt="blurry", num_frames=FRAMES, height=HEIGHT, width=WIDTH,
                   settings=SamplingSettings(num_inference_steps=STEPS, seed=7), progress=False)
     assert latent["samples"].shape == result.latent.shape == (1, 16, 2, HEIGHT // 8, 2 * WIDTH // 8)

@@ -125,7 +125,7 @@ def tiny_pipeline(tmp_path_factory):
     from fourdnex_core.tiny import make_tiny_models
 
     tiny = make_tiny_models(tmp_path_factory.mktemp("tiny"))
-    return load_pipeline(ModelLocations(models=tiny.comfy_models, lora=tiny.comfy_lora))
+    return load_pipeline(ModelLocations(root=tiny.comfy_models, lora=tiny.comfy_lora))
 
 
 def test_the_pipeline_guides_against_the_encoded_empty_prompt(tiny_pipeline, monkeypatch):

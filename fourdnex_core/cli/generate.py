@@ -50,7 +50,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_locations(args: argparse.Namespace) -> ModelLocations:
     return ModelLocations(
-        models=args.models, transformer=args.transformer, vae=args.vae, text_encoder=args.text_encoder,
+        root=args.models, transformer=args.transformer, vae=args.vae, text_encoder=args.text_encoder,
         clip_vision=args.clip_vision, tokenizer=args.tokenizer, lora=args.lora,
         domain_embeddings=args.domain_embeddings,
     )

@@ -54,7 +54,7 @@ def write_checkpoints(workdir: Path) -> None:
     from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
-    from fourdnex_core.loading.single_file_writers import save_transformer_single_file
+    from fourdnex_core.writing.single_files import save_transformer_single_file
 
     with init_empty_weights():
         model = WanTransformer3DModel(**BENCH_TRANSFORMER)

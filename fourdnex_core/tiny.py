@@ -36,7 +36,10 @@ from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderMo
 
 from .atomic_write import atomic_path
 from .loading.clip_vision_loader import clip_image_processor, clip_vision_h_config
-from .loading.encoder_writers import (
+from .loading.safetensors_io import save_tensors
+from .loading.text_encoder_loader import umt5_xxl_config
+from .loading.tokenizer import build_tiny_tokenizer, spiece_bytes
+from .writing.encoders import (
     save_clip_vision_single_file,
     save_text_encoder_single_file,
     tiny_clip_vision_config,
@@ -44,10 +47,7 @@ from .loading.encoder_writers import (
     write_random_clip_vision,
     write_random_text_encoder,
 )
-from .loading.safetensors_io import save_tensors
-from .loading.single_file_writers import save_transformer_single_file, save_vae_single_file
-from .loading.text_encoder_loader import umt5_xxl_config
-from .loading.tokenizer import build_tiny_tokenizer, spiece_bytes
+from .writing.single_files import save_transformer_single_file, save_vae_single_file
 from .lora import convert_release_lora
 from .model_set import RELEASED_DOMAIN_EMBEDDINGS_FILE, RELEASED_LORA_FILE
 from .schedulers import make_scheduler

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from fourdnex_core.cli import main  # noqa: E402
 from fourdnex_core.geometry.synthetic import make_synthetic_scene  # noqa: E402
-from fourdnex_core.loading.single_file_writers import save_transformer_single_file  # noqa: E402
+from fourdnex_core.writing.single_files import save_transformer_single_file  # noqa: E402
 from fourdnex_core.scene_file import load_scene, save_scene  # noqa: E402
 from fourdnex_core.tiny import COMFY_FILES, make_tiny_models  # noqa: E402
 from fourdnex_core.transformer import FourDNeXTransformer3DModel  # noqa: E402

@@ -123,7 +123,7 @@ def compare_narrow_text(spiece_source: Path, prompts: dict[str, str], table: lis
     values = comfy_values()
     conditioning, text_embeds = values.conditioning, values.text_embeds
     from fourdnex_core.encoders import encode_prompt
-    from fourdnex_core.loading.encoder_writers import write_random_text_encoder
+    from fourdnex_core.writing.encoders import write_random_text_encoder
     from fourdnex_core.loading.safetensors_io import SafetensorsReader, read_header
     from fourdnex_core.loading.text_encoder_loader import SPIECE_KEY, load_text_encoder, umt5_xxl_config
 

@@ -93,7 +93,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from fourdnex_core.conditioning import encode_condition  # noqa: E402
-from fourdnex_core.loading.single_file_writers import save_transformer_single_file, save_vae_single_file  # noqa: E402
+from fourdnex_core.writing.single_files import save_transformer_single_file, save_vae_single_file  # noqa: E402
 from fourdnex_core.loading.transformer_loader import load_transformer  # noqa: E402
 from fourdnex_core.loading.vae_loader import load_vae  # noqa: E402
 from fourdnex_core.model_set import apply_4dnex_lora  # noqa: E402

@@ -9,7 +9,7 @@ from PIL import Image
 
 from fourdnex_core.cli import main
 from fourdnex_core.geometry.export_cameras import read_cameras_json, read_transforms_json
-from fourdnex_core.geometry.export_glb import read_glb
+from fourdnex_core.geometry.read_glb import read_glb
 from fourdnex_core.geometry.export_ply import read_ply
 from fourdnex_core.geometry.pointcloud import unproject_depth
 from fourdnex_core.scene_file import Scene, save_scene

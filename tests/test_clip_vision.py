@@ -18,7 +18,7 @@ from fourdnex_core.loading.clip_vision_loader import (
     clip_vision_h_config,
     load_clip_vision,
 )
-from fourdnex_core.loading.encoder_writers import (
+from fourdnex_core.writing.encoders import (
     save_clip_vision_single_file,
     save_text_encoder_single_file,
     tiny_clip_vision_config,

@@ -14,7 +14,7 @@ from fourdnex_core.encoders import (
     with_pointmap_style,
 )
 from fourdnex_core.loading.clip_vision_loader import clip_image_processor
-from fourdnex_core.loading.encoder_writers import tiny_clip_vision_config, tiny_text_encoder_config
+from fourdnex_core.writing.encoders import tiny_clip_vision_config, tiny_text_encoder_config
 from fourdnex_core.loading.tokenizer import build_tiny_tokenizer
 
 

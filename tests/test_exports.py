@@ -13,7 +13,8 @@ from fourdnex_core.geometry.export_cameras import (
     write_cameras_json,
     write_transforms_json,
 )
-from fourdnex_core.geometry.export_glb import GlbFormatError, read_glb, validate_glb, write_glb
+from fourdnex_core.geometry.export_glb import write_glb
+from fourdnex_core.geometry.read_glb import GlbFormatError, read_glb, validate_glb
 from fourdnex_core.geometry.export_ply import read_ply, write_ply
 from fourdnex_core.geometry.pointcloud import PointCloud
 

@@ -25,7 +25,7 @@ from fourdnex_core.loading.detect import (
 from fourdnex_core.loading.fp8 import FP8Linear, dequantize_fp8, is_fp8_dtype, quantize_fp8, quantized_linear_from
 from fourdnex_core.loading.locate import ModelSource
 from fourdnex_core.loading.safetensors_io import read_header
-from fourdnex_core.loading.single_file_writers import save_transformer_single_file, save_vae_single_file
+from fourdnex_core.writing.single_files import save_transformer_single_file, save_vae_single_file
 from fourdnex_core.loading.transformer_loader import load_transformer
 from fourdnex_core.loading.wan_keys import diffusers_to_original
 from fourdnex_core.transformer import FourDNeXTransformer3DModel

@@ -12,7 +12,7 @@ from tiny_configs import TINY_TRANSFORMER, TINY_VAE
 from fourdnex_core.loading.detect import VAE_CONFIG_FILE, UnsupportedModelError, inspect_vae, packaged_config
 from fourdnex_core.loading.locate import ModelSource
 from fourdnex_core.loading.safetensors_io import read_component_metadata, read_header
-from fourdnex_core.loading.single_file_writers import save_transformer_single_file, save_vae_single_file
+from fourdnex_core.writing.single_files import save_transformer_single_file, save_vae_single_file
 from fourdnex_core.loading.vae_loader import load_vae
 from fourdnex_core.loading.wan_vae_keys import (
     vae_diffusers_to_original,

@@ -12,7 +12,7 @@ import torch
 
 import nodes
 from fourdnex_core.encoders import encode_prompt, with_pointmap_style
-from fourdnex_core.geometry.export_glb import read_glb, validate_glb
+from fourdnex_core.geometry.read_glb import read_glb, validate_glb
 from fourdnex_core.geometry.export_ply import read_ply
 from fourdnex_core.geometry.export_viewer import read_viewer_points
 from fourdnex_core.geometry.point_maps import PointMaps

@@ -14,7 +14,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, UMT5En
 
 from fourdnex_core.encoders import encode_image, encode_prompt
 from fourdnex_core.loading.clip_vision_loader import load_clip_vision
-from fourdnex_core.loading.encoder_writers import (
+from fourdnex_core.writing.encoders import (
     clip_vision_init_std,
     tiny_text_encoder_config,
     umt5_init_std,

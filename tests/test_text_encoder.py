@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from transformers import UMT5EncoderModel
 
 from fourdnex_core.encoders import encode_prompt
-from fourdnex_core.loading.encoder_writers import (
+from fourdnex_core.writing.encoders import (
     save_clip_vision_single_file,
     save_text_encoder_single_file,
     tiny_clip_vision_config,

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from fourdnex_core.loading.fp8 import FP8Linear
-from fourdnex_core.loading.single_file_writers import save_transformer_single_file
+from fourdnex_core.writing.single_files import save_transformer_single_file
 from fourdnex_core.lowvram.activation_offload import offloaded_checkpoint
 from fourdnex_core.lowvram.fp8_weights import quantize_block_linears
 from fourdnex_core.lora import attach_lora, read_lora, set_domain_embeddings

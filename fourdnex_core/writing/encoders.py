@@ -31,12 +31,12 @@ from transformers import (
     UMT5EncoderModel,
 )
 
-from .clip_vision_loader import CLIP_VISION_COMPONENT, FILE_PREFIX, PROJECTION_KEY
-from .detect import SCALED_FP8_MARKER
-from .fp8 import quantize_fp8
-from .safetensors_io import TensorLayout, component_metadata, save_tensors, write_safetensors
-from .text_encoder_loader import SCALE_WEIGHT_SUFFIX, SPIECE_KEY, TEXT_ENCODER_COMPONENT, TIED_EMBEDDING_KEY
-from .tokenizer import spiece_bytes
+from ..loading.clip_vision_loader import CLIP_VISION_COMPONENT, FILE_PREFIX, PROJECTION_KEY
+from ..loading.detect import SCALED_FP8_MARKER
+from ..loading.fp8 import quantize_fp8
+from ..loading.safetensors_io import TensorLayout, component_metadata, save_tensors, write_safetensors
+from ..loading.text_encoder_loader import SCALE_WEIGHT_SUFFIX, SPIECE_KEY, TEXT_ENCODER_COMPONENT, TIED_EMBEDDING_KEY
+from ..loading.tokenizer import spiece_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 or one with more freedom (a fitted principal point, a focal that changes over the frames).
 
 The default model is fitted first. Each freedom left to the data is then tried on top of it, on
-a subset of the samples, starting from the fitted cameras; the one that lowers the robust cost
+a subset of the samples, starting from the fitted cameras and against the model without it
+refitted to the same subset with the same effort; the one that lowers the robust cost
 most is kept when the data clearly supports it, and the others are tried again on top of it
 (forward selection). A freedom is supported when it lowers the robust cost (at the fitted
 model's loss widths) by at least ``MIN_DECREASE`` of it, and when the decrease is far beyond what
@@ -84,9 +85,11 @@ def select_model(problem: Problem, state: State, candidates: tuple[str, ...], it
     chosen, evidence = (), {}
     remaining = list(candidates)
     while remaining and not _exact(problem, state):
-        trials = {name: _try(problem, state, name) for name in remaining}
+        trial = problem.head(_TRIAL_POINTS_PER_FRAME)
+        base, _ = levenberg_marquardt(trial, state, _TRIAL_ITERATIONS)  # the same subset and effort as each trial
+        trials = {name: _try(trial, base, name) for name in remaining}
         evidence.update({name: decrease for name, (decrease, _, _) in trials.items()})
-        supported = {name: trial for name, trial in trials.items() if trial[1]}
+        supported = {name: result for name, result in trials.items() if result[1]}
         if not supported:
             break
         name = max(supported, key=lambda key: supported[key][0])
@@ -100,10 +103,10 @@ def select_model(problem: Problem, state: State, candidates: tuple[str, ...], it
     return problem, state, done, chosen, evidence
 
 
-def _try(problem: Problem, state: State, name: str) -> tuple[float, bool, State]:
-    """Fit the model with one more freedom on a subset of the samples. Returns (the share of the
-    robust cost it removed, whether the data supports it, the fitted state)."""
-    before = problem.head(_TRIAL_POINTS_PER_FRAME)
+def _try(before: Problem, state: State, name: str) -> tuple[float, bool, State]:
+    """Fit the model with one more freedom from ``state`` (the model without it, fitted to the
+    same samples). Returns (the share of the robust cost it removed, whether the data supports
+    it, the fitted state)."""
     after = _freed(before, name)
     distances = ray_geometry(before, state).distances()
     median = median_distance(distances, before)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from fourdnex_core.geometry.export_cameras import CameraSet, write_cameras_json
@@ -11,6 +13,7 @@ from fourdnex_core.geometry.export_viewer import write_viewer_points
 from fourdnex_core.geometry.point_maps import depth_image, point_maps_from_postopt, point_maps_from_scene, scene_from
 from fourdnex_core.geometry.pointcloud import PointFilter
 from fourdnex_core.geometry.postopt import post_optimize
+from fourdnex_core.geometry.postopt.models import CAMERA_MODEL_CHOICES
 from fourdnex_core.geometry.render import fit_intrinsics, render_views
 from fourdnex_core.geometry.trajectories import TRAJECTORIES, preview_cameras, views_intrinsics
 from fourdnex_core.geometry.trajectories import trajectory as trajectory_poses
@@ -19,6 +22,8 @@ from fourdnex_core.scene_file import save_scene as write_scene
 
 from . import comfy_bridge as comfy
 from .comfy_values import PointClouds
+
+logger = logging.getLogger(__name__)
 
 MAX_POINTS = 10_000_000
 VIEWER_SUBFOLDER = "4dnex_viewer"
@@ -48,8 +53,11 @@ class FourDNeXPostOptimize:
                                                          "tooltip": "Robust loss against outlier points."}),
                 "focal": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 1.0,
                                     "tooltip": "Known focal length in pixels, kept fixed; 0 estimates it."}),
-                "fix_principal_point": ("BOOLEAN", {"default": True,
-                                                    "tooltip": "Keep the principal point at the image centre."}),
+                "camera_model": (list(CAMERA_MODEL_CHOICES), {
+                    "default": "auto",
+                    "tooltip": "auto: one K with the principal point at the image centre, plus a fitted principal "
+                               "point and/or a focal per frame (a zoom) where the data supports them; or a fixed "
+                               "choice."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -58,14 +66,19 @@ class FourDNeXPostOptimize:
     RETURN_NAMES = ("cameras", "depth_image", "depth_mask", "registered_point_maps")
     FUNCTION = "optimize"
     CATEGORY = "4DNeX/geometry"
-    DESCRIPTION = ("Recovers one shared intrinsics K, a camera per frame and a depth per pixel from the XYZ frames "
-                   "(paper eq. 9-10). Depth is shown as inverse depth (near bright), as an IMAGE and a MASK.")
+    DESCRIPTION = ("Recovers the intrinsics K (one for all frames, or one per frame where the camera zooms), a "
+                   "camera per frame and a depth per pixel from the XYZ frames (paper eq. 9-10). Depth is shown as "
+                   "inverse depth (near bright), as an IMAGE and a MASK.")
 
-    def optimize(self, point_maps, iterations, robust, focal, fix_principal_point, unique_id=None):
+    def optimize(self, point_maps, iterations, robust, focal, camera_model, unique_id=None):
+        if camera_model not in CAMERA_MODEL_CHOICES:
+            raise ValueError(f"camera_model must be one of {list(CAMERA_MODEL_CHOICES)}, got {camera_model!r}.")
+        fix_principal_point, zoom = CAMERA_MODEL_CHOICES[camera_model]
         progress = comfy.Progress(2, unique_id)
         progress.step(0)
         result = post_optimize(point_maps.xyz, point_maps.mask, focal=focal or None, iterations=iterations,
-                               robust=robust, fix_principal_point=fix_principal_point)
+                               robust=robust, fix_principal_point=fix_principal_point, zoom=zoom)
+        logger.info("4DNeX Post-Optimize: %s", result.camera_model)
         progress.step(2)
         cameras, registered = point_maps_from_postopt(point_maps, result)
         depth = depth_image(result.depth, result.valid)

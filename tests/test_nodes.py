@@ -94,7 +94,7 @@ def generated(models, image):
 def optimized(generated):
     _, _, point_maps, _ = generated
     return call("FourDNeXPostOptimize", point_maps=point_maps, iterations=5, robust="cauchy", focal=0.0,
-                fix_principal_point=True)
+                camera_model="auto")
 
 
 @pytest.fixture(scope="module")

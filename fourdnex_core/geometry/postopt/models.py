@@ -38,6 +38,14 @@ _RAYLEIGH_MEDIAN = 1.1774  # median of the norm of a 2D unit Gaussian: distance 
 PRINCIPAL_POINT = "principal point"
 ZOOM = "zoom"
 
+CAMERA_MODEL_CHOICES = {  # a name for each (fix_principal_point, zoom) pair of post_optimize
+    "auto": (None, None),
+    "principal point at the centre, one focal": (True, False),
+    "fitted principal point, one focal": (False, False),
+    "principal point at the centre, zoom": (True, True),
+    "fitted principal point, zoom": (False, True),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class CameraModel:

@@ -1,24 +1,27 @@
-"""Benchmark: post-optimization, ours (linear init + robust Levenberg-Marquardt) against the
-release-style Adam reference (1500 iterations), on synthetic scenes with known answers.
+"""Benchmark: post-optimization, ours (linear start + robust Levenberg-Marquardt, camera model
+chosen from the data) against the release-style Adam reference (1500 iterations), on synthetic
+scenes with known answers, including cameras the default model does not fit.
 
-For each scene size and condition it times both solvers on the same XYZ and reports the
-largest camera rotation error, the focal error and the median relative depth error (over
-valid, non-outlier pixels). Conditions: ``clean`` (exact XYZ, 60 degree field of view),
-``noisy`` (1 % noise, 5 % outliers, 1 % NaN/inf points) and ``noisy-f1.2W`` (the same with the
-true focal at the release's initial guess, fx = 1.2 W, so Adam starts from the right fx). Ours
-is timed as the best and median of ``--repeats`` runs; the Adam reference once. Prints a
-markdown table. Example::
+For each scene size and condition it times our solver (the default call, which picks the camera
+model from the data, and the same with the default model forced) and, where asked, the Adam
+reference, and reports the largest camera rotation error, the largest focal error (each frame
+against its own true focal), the largest principal-point error, the median relative depth error
+(over valid, non-outlier pixels), the camera model fitted, and the peak memory our solver adds.
+Prints a markdown table. Example::
 
-    python benchmarks/bench_postopt.py --threads 2
+    python benchmarks/bench_postopt.py --threads 2 --shapes 49x120x180 --repeats 3
+    python benchmarks/bench_postopt.py --threads 2 --shapes 49x480x720 --no-adam --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,11 +31,23 @@ from fourdnex_core.geometry.postopt.reference import RELEASE_ITERATIONS, post_op
 from fourdnex_core.geometry.synthetic import SyntheticScene, make_synthetic_scene
 
 NOISY = {"noise": 0.01, "outlier_fraction": 0.05, "invalid_fraction": 0.01}
-CONDITIONS = {  # scene options, and the focal as a multiple of the width (None: 60 degree view)
-    "clean": ({"noise": 0.0, "outlier_fraction": 0.0, "invalid_fraction": 0.0}, None),
-    "noisy": (NOISY, None),
-    "noisy-f1.2W": (NOISY, 1.2),
-}
+CLEAN = {"noise": 0.0, "outlier_fraction": 0.0, "invalid_fraction": 0.0}
+
+
+def conditions(height: int, width: int) -> dict[str, dict]:
+    """Scene options per condition. Offsets scale with the image: 3 px and 2 px at 120 x 180."""
+    focal = (width / 2.0) / math.tan(math.radians(30.0))  # a 60 degree view
+    off_centre = ((width - 1) / 2 + width / 60, (height - 1) / 2 - height / 60)
+    return {
+        "clean": CLEAN,
+        "noisy": NOISY,
+        "noisy-f1.2W": {**NOISY, "focal": 1.2 * width},
+        "off-centre pp + fy 2 % (clean)": {**CLEAN, "principal_point": off_centre, "focal": (focal, 1.02 * focal)},
+        "off-centre pp": {**NOISY, "principal_point": off_centre},
+        "fx != fy (fy 2 % longer)": {**NOISY, "focal": (focal, 1.02 * focal)},
+        "zoom 1.3x": {**NOISY, "zoom": 1.3},
+        "large moving objects": {**NOISY, "moving_scale": 3.0},
+    }
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -44,34 +59,59 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 
 
 def errors(result: PostOptResult, scene: SyntheticScene) -> dict[str, float]:
-    """Largest rotation error (deg), largest focal error (%), median relative depth error (%)."""
+    """Largest rotation error (deg), focal error (%, per frame), principal-point error (px);
+    median relative depth error (%)."""
     rotation = rotation_angle_degrees(result.cams2world[:, :3, :3].double(), scene.cams2world[:, :3, :3].double())
-    fitted = torch.stack((result.intrinsics[:, 0, 0], result.intrinsics[:, 1, 1])).double()
-    focal = (fitted / scene.K[0, 0].double() - 1).abs()
+    fitted, truth = result.intrinsics.double(), scene.intrinsics.double()
+    focal = (torch.stack((fitted[:, 0, 0], fitted[:, 1, 1])) / torch.stack((truth[:, 0, 0], truth[:, 1, 1])) - 1).abs()
+    centre = (fitted[:, :2, 2] - truth[:, :2, 2]).norm(dim=-1)
     usable = result.valid & ~scene.outliers
     depth = ((result.depth.double() - scene.depth.double()).abs() / scene.depth.double())[usable]
-    return {"rotation": float(rotation.max()), "focal": 100 * float(focal.max()), "depth": 100 * float(depth.median())}
+    return {"rotation": float(rotation.max()), "focal": 100 * float(focal.max()), "centre": float(centre.max()),
+            "depth": 100 * float(depth.median())}
 
 
-def timed(solve, repeats: int) -> tuple[PostOptResult, list[float], list[float]]:
-    """Run ``solve`` ``repeats`` times. Returns the last result, wall-clock and process CPU seconds."""
-    wall, cpu = [], []
+def _peak_rss_reset() -> bool:
+    """Reset the process's peak resident size (Linux: /proc/self/clear_refs); False where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def timed(solve, repeats: int) -> tuple[PostOptResult, list[float], float | None]:
+    """Run ``solve`` ``repeats`` times. Returns the last result, the wall-clock seconds of each run
+    and the largest peak memory one run added above what the process held before it (GiB)."""
+    wall, peak = [], None
     for _ in range(repeats):
-        started, started_cpu = time.perf_counter(), time.process_time()
+        result = None  # the previous result's arrays are freed before the next run
+        measured = _peak_rss_reset()
+        before = _rss_kib("VmRSS") if measured else 0
+        started = time.perf_counter()
         result = solve()
         wall.append(time.perf_counter() - started)
-        cpu.append(time.process_time() - started_cpu)
-    return result, wall, cpu
+        if measured:
+            added = (_rss_kib("VmHWM") - before) / 2**20
+            peak = added if peak is None else max(peak, added)
+    return result, wall, peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(13, 60, 90), (49, 120, 180)],
-                        help="scene sizes as FxHxW")
-    parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS))
+    parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[(49, 120, 180)], help="sizes as FxHxW")
+    parser.add_argument("--conditions", nargs="+", default=None, help="a subset of the conditions, by name")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs of our solver per scene")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of our solver per scene (median shown)")
     parser.add_argument("--adam-iterations", type=int, default=RELEASE_ITERATIONS)
+    parser.add_argument("--no-adam", action="store_true", help="skip the Adam reference (slow at full size)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,32 +121,46 @@ def main() -> None:
     post_optimize_reference(warmup.xyz, iterations=2, progress=False)
 
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, {os.cpu_count()} cores visible; "
-          f"load average {os.getloadavg()[0]:.1f} at start. Ours: wall best / median, CPU best of {args.repeats} runs; "
-          f"Adam ({args.adam_iterations} iterations, lr 5e-3): one run.")
+          f"load average {os.getloadavg()[0]:.1f} at start. Ours: median (min - max) of {args.repeats} runs; "
+          f"Adam ({args.adam_iterations} iterations, lr 5e-3): one run. Peak: the most memory one run of ours "
+          "added to the process (resident, above what it held before; the scene itself not counted).")
     print()
-    print("| scene F x H x W | condition | solver | wall s | CPU s | iterations | rotation err (max, deg) | "
-          "focal err (max, %) | depth err (median, %) | speed-up (wall) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| scene F x H x W | condition | solver | wall s | peak GiB | iterations | camera model fitted | "
+          "rotation err (max, deg) | focal err (max, %) | principal point err (max, px) | depth err (median, %) | "
+          "load |")
+    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for frames, height, width in args.shapes:
-        for condition in args.conditions:
-            options, focal_factor = CONDITIONS[condition]
-            focal = None if focal_factor is None else focal_factor * width
-            scene = make_synthetic_scene(frames, height, width, focal=focal, seed=args.seed, **options)
-            ours, ours_wall, ours_cpu = timed(lambda: post_optimize(scene.xyz), args.repeats)
-            adam, adam_wall, adam_cpu = timed(
-                lambda: post_optimize_reference(scene.xyz, iterations=args.adam_iterations, progress=False), 1)
-            best = min(ours_wall)
-            rows = (
-                ("ours (LM)", f"{best:.3f} / {statistics.median(ours_wall):.3f}", f"{min(ours_cpu):.2f}", ours, ""),
-                ("Adam reference", f"{adam_wall[0]:.1f}", f"{adam_cpu[0]:.1f}", adam, f"{adam_wall[0] / best:.0f}x"),
-            )
-            for name, wall, cpu, result, speedup in rows:
+        table = conditions(height, width)
+        for condition in args.conditions or list(table):
+            scene = make_synthetic_scene(frames, height, width, seed=args.seed, **table[condition])
+            runs = [
+                ("ours (default: model from the data)", lambda: post_optimize(scene.xyz), args.repeats),
+                ("ours, default model forced", lambda: post_optimize(scene.xyz, fix_principal_point=True, zoom=False),
+                 1),
+            ]
+            if not args.no_adam:
+                runs.append(("Adam reference", lambda: post_optimize_reference(
+                    scene.xyz, iterations=args.adam_iterations, progress=False), 1))
+            for name, solve, repeats in runs:
+                result, wall, peak = timed(solve, repeats)
                 error = errors(result, scene)
-                print(f"| {frames} x {height} x {width} | {condition} | {name} | {wall} | {cpu} | {result.iterations} | "
-                      f"{error['rotation']:.2g} | {error['focal']:.2g} | {error['depth']:.2g} | {speedup} |",
-                      flush=True)
+                model = _model_name(result) if name.startswith("ours") else "release (shared fx, fy; centre)"
+                times = f"{statistics.median(wall):.3f}" + (f" ({min(wall):.3f} - {max(wall):.3f})"
+                                                            if len(wall) > 1 else "")
+                memory = f"{peak:.2f}" if peak is not None and name.startswith("ours") else ""
+                print(f"| {frames} x {height} x {width} | {condition} | {name} | {times} | {memory} | "
+                      f"{result.iterations} | {model} | {error['rotation']:.2g} | {error['focal']:.2g} | "
+                      f"{error['centre']:.2g} | {error['depth']:.2g} | {os.getloadavg()[0]:.1f} |", flush=True)
     print()
     print(f"Load average at the end: {os.getloadavg()[0]:.1f}.")
+
+
+def _model_name(result: PostOptResult) -> str:
+    model = result.camera_model
+    parts = {"shared": "shared fx, fy", "zoom": "focal per frame", "per frame": "K per frame",
+             "known": "known focal"}[model.focal]
+    parts += "; pp fitted" if model.principal_point == "fitted" else "; pp centre"
+    return parts
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ class _Objects:
     box_colours: torch.Tensor      # [B, 3]
     box_moving: torch.Tensor       # [B] bool
 
+    def frames(self, chunk: slice) -> _Objects:
+        """The objects in the frames ``chunk``."""
+        return dataclasses.replace(self, sphere_centres=self.sphere_centres[chunk], box_min=self.box_min[chunk],
+                                   box_max=self.box_max[chunk])
+
 
 def make_synthetic_scene(
     num_frames: int = 13,
@@ -139,7 +144,9 @@ def make_synthetic_scene(
     rays_cam = pixel_rays(intrinsics, height, width)                              # [F, H, W, 3]
     directions = torch.einsum("fij,fhwj->fhwi", scene_cams[:, :3, :3], rays_cam)  # [F, H, W, 3]
     origins = scene_cams[:, None, None, :3, 3].expand_as(directions)
-    depth, colour, moving = _ray_cast(origins, directions, objects)
+    casts = [_ray_cast(origins[chunk], directions[chunk], objects.frames(chunk))
+             for chunk in _frame_chunks(num_frames, height * width)]
+    depth, colour, moving = (torch.cat(parts) for parts in zip(*casts, strict=True))
 
     first_from_scene = torch.linalg.inv(scene_cams[0])
     cams2world = first_from_scene @ scene_cams
@@ -151,6 +158,13 @@ def make_synthetic_scene(
         cams2world=cams2world.to(dtype), valid=valid, outliers=outliers, moving=moving,
         intrinsics=intrinsics.to(dtype),
     )
+
+
+def _frame_chunks(num_frames: int, pixels: int, budget: int = 2_000_000) -> list[slice]:
+    """Slices of frames holding about ``budget`` pixels each: ray casting holds a few float64
+    copies per surface of every pixel it casts, so casting all frames at once would not fit."""
+    step = max(1, budget // pixels)
+    return [slice(start, start + step) for start in range(0, num_frames, step)]
 
 
 def _check_arguments(num_frames: int, height: int, width: int, focal: float | tuple[float, float] | None,

@@ -1,5 +1,5 @@
-"""Post-optimization inputs: which pixels a solve may use, their weights, the options, scene
-normalisation and the random sample of pixels the cameras are solved on."""
+"""Post-optimization inputs: checks of the XYZ, the mask and the options, and which pixels a
+solve may use (every pixel's validity, where it is needed)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from fourdnex_core.geometry.postopt.problem import Problem, State, ray_geometry
 from fourdnex_core.geometry.postopt.refine import levenberg_marquardt
-from fourdnex_core.geometry.postopt.robust import median_distance, robust_cost, robust_width
+from fourdnex_core.geometry.postopt.robust import RAYLEIGH_MEDIAN, median_distance, robust_cost, robust_width
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ MIN_PRINCIPAL_POINT_SHIFT = 0.5  # pixels: a fitted principal point must move at
 MIN_ZOOM_RANGE = 0.02  # a zoom must change the focal by at least 2 % over the frames
 _TRIAL_POINTS_PER_FRAME = 1024  # samples per frame for trying a freedom
 _TRIAL_ITERATIONS = 10
-_RAYLEIGH_MEDIAN = 1.1774  # median of the norm of a 2D unit Gaussian: distance median -> sigma
 
 PRINCIPAL_POINT = "principal point"
 ZOOM = "zoom"
@@ -122,7 +121,7 @@ def _try(before: Problem, state: State, name: str) -> tuple[float, bool, State]:
     cost = float(robust_cost(distances, width, before))
     fitted, _ = levenberg_marquardt(after, state, _TRIAL_ITERATIONS)
     decrease = cost - float(robust_cost(ray_geometry(after, fitted).distances(), width, after))
-    variance = float((median / _RAYLEIGH_MEDIAN).square().mean())
+    variance = float((median / RAYLEIGH_MEDIAN).square().mean())
     extra = len(after.frame_columns) * len(after.weights) + len(after.shared_columns) - \
         len(before.frame_columns) * len(before.weights) - len(before.shared_columns)
     residuals = 2 * int((before.weights > 0).sum())

@@ -7,7 +7,7 @@ import torch
 from fourdnex_core.geometry.postopt.problem import Problem
 
 ROBUST_WIDTH = {"cauchy": 2.385, "huber": 1.345, "none": float("inf")}
-_RAYLEIGH_MEDIAN = 1.1774  # median of the norm of a 2D unit Gaussian: distance median -> sigma
+RAYLEIGH_MEDIAN = 1.1774  # median of the norm of a 2D unit Gaussian: distance median -> sigma
 
 
 def robust_weights(distances: torch.Tensor, problem: Problem, width: torch.Tensor | None = None) -> torch.Tensor:
@@ -29,7 +29,7 @@ def median_distance(distances: torch.Tensor, problem: Problem) -> torch.Tensor:
 
 def robust_width(median: torch.Tensor, problem: Problem) -> torch.Tensor:
     """Per-frame loss width [F, 1]: the robust constant times a sigma from the median distance [F, 1]."""
-    return (ROBUST_WIDTH[problem.robust] * median / _RAYLEIGH_MEDIAN).clamp(min=problem.precision)
+    return (ROBUST_WIDTH[problem.robust] * median / RAYLEIGH_MEDIAN).clamp(min=problem.precision)
 
 
 def robust_cost(distances: torch.Tensor, width: torch.Tensor, problem: Problem) -> torch.Tensor:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu_14b.py"
+pytestmark = pytest.mark.slow  # each test starts the benchmark script in its own interpreter
 
 
 def test_the_gpu_benchmark_runs_on_the_cpu_and_measures_output_deviation(tmp_path):

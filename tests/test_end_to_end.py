@@ -119,6 +119,7 @@ def test_generate_cli_reports_missing_and_unreadable_inputs(tiny, tmp_path, caps
     assert "wan2.1_i2v_480p_14B_bf16.safetensors" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_module_entry_point_lists_every_subcommand():
     result = subprocess.run([sys.executable, "-m", "fourdnex_core", "--help"], capture_output=True, text=True,
                             check=True)

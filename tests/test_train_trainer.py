@@ -235,6 +235,7 @@ def _wait_for_step(metrics: Path, step: int, process: subprocess.Popen, timeout:
     pytest.fail("trainer made no progress")
 
 
+@pytest.mark.slow  # two trainer subprocesses
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     _write_cache(tmp_path / "cache")
     model_file = save_transformer_single_file(_base_model(), tmp_path / "transformer.safetensors", dtype=torch.float32)

@@ -150,7 +150,7 @@ def encode_image(
 
     Args:
         image_encoder: a ``CLIPVisionModel`` (or ``CLIPVisionModelWithProjection``).
-        image_processor: its ``CLIPImageProcessor`` (resize shortest side, centre crop, normalize).
+        image_processor: its CLIP image processor (resize shortest side, centre crop, normalize).
         images: a PIL image, a list of B PIL images, or a float tensor [B, H, W, 3] in [0, 1]
             (rounded to 8 bits, as a PIL image would be).
         device, dtype: where and in which dtype the result is returned.

@@ -26,12 +26,14 @@ and 2.6 GB of memory on 2 CPU cores); the diffusers model folder is not written 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
+import diffusers
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderModel
 
 from .atomic_write import atomic_path
@@ -165,6 +167,20 @@ def make_tiny_models(root: str | Path, *, seed: int = 0, full_size_encoders: boo
     return tiny
 
 
+def _save_diffusers_pipeline(folder: Path, components: dict) -> None:
+    """A ``WanImageToVideoPipeline`` folder as diffusers writes it (a subfolder per component and
+    ``model_index.json``), without importing diffusers' pipeline, whose import makes transformers
+    warn that torchvision is missing. The processor is listed as ``CLIPImageProcessor``, as in the
+    released folder."""
+    index = {"_class_name": "WanImageToVideoPipeline", "_diffusers_version": diffusers.__version__}
+    for name, component in components.items():
+        component.save_pretrained(folder / name)
+        class_name = type(component).__name__.removesuffix("Pil")
+        index[name] = [type(component).__module__.split(".")[0], class_name]
+    with atomic_path(folder / "model_index.json") as temporary:
+        temporary.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _write_tiny_encoders(
     tiny: TinyModelSet, tokenizer: PreTrainedTokenizerBase, sentencepiece_model: bytes,
     transformer: WanTransformer3DModel, vae: AutoencoderKLWan,
@@ -173,10 +189,10 @@ def _write_tiny_encoders(
     text_encoder = UMT5EncoderModel(tiny_text_encoder_config(vocab_size=len(tokenizer))).eval()
     image_encoder = CLIPVisionModel(tiny_clip_vision_config()).eval()
     image_processor = clip_image_processor(image_encoder.config.image_size)
-    WanImageToVideoPipeline(
+    _save_diffusers_pipeline(tiny.diffusers_model, dict(
         tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,
         image_processor=image_processor, transformer=transformer, vae=vae, scheduler=make_scheduler("unipc"),
-    ).save_pretrained(tiny.diffusers_model)
+    ))
     (tiny.diffusers_model / "tokenizer" / "spiece.model").write_bytes(sentencepiece_model)  # as in the real folder
     models = tiny.comfy_models
     save_text_encoder_single_file(text_encoder, sentencepiece_model, models / COMFY_FILES["text_encoder"], dtype=torch.float16)

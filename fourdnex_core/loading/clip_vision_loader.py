@@ -10,6 +10,10 @@
   (``configs/clip_vision_h.json``). The processor comes from ``configs/clip_image_processor.json``
   (224 px: bicubic resize of the shortest side, centre crop, CLIP mean/std), its size set to the
   model's ``image_size``.
+
+The processor is transformers' PIL one (``CLIPImageProcessorPil``, what ``CLIPImageProcessor`` was
+before transformers split it, so the release's processing): it needs no torchvision, and naming it
+keeps transformers from warning, on every import, that torchvision is missing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,12 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+try:  # transformers >= 5.x split the processor; the PIL one needs no torchvision
+    from transformers import CLIPImageProcessorPil
+except ImportError:  # before the split CLIPImageProcessor was the PIL one
+    from transformers import CLIPImageProcessor as CLIPImageProcessorPil
 
 from .detect import guess_contents, packaged_config
 from .fp8 import is_fp8_dtype
@@ -59,12 +68,12 @@ def clip_vision_h_config() -> CLIPVisionConfig:
     return CLIPVisionConfig(**packaged_config(CLIP_VISION_H_CONFIG_FILE))
 
 
-def clip_image_processor(image_size: int = 224) -> CLIPImageProcessor:
+def clip_image_processor(image_size: int = 224) -> CLIPImageProcessorPil:
     """The CLIP processor of ``configs/clip_image_processor.json`` for ``image_size`` px inputs."""
     config = packaged_config(CLIP_IMAGE_PROCESSOR_CONFIG_FILE)
     config["size"] = {"shortest_edge": image_size}
     config["crop_size"] = {"height": image_size, "width": image_size}
-    return CLIPImageProcessor.from_dict(config)
+    return CLIPImageProcessorPil.from_dict(config)
 
 
 def load_clip_vision(
@@ -72,7 +81,7 @@ def load_clip_vision(
     *,
     dtype: torch.dtype | str = torch.float16,
     device: torch.device | str = "cpu",
-) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
+) -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
     """Load the CLIP vision encoder (eval mode) and its image processor.
 
     Args:
@@ -97,7 +106,7 @@ def load_clip_vision(
     model = _load_folder(source.path, dtype, torch.device(device))
     processor_dir = source.path.parent / IMAGE_PROCESSOR_FOLDER
     if (processor_dir / "preprocessor_config.json").is_file():
-        return model, CLIPImageProcessor.from_pretrained(processor_dir, local_files_only=True)
+        return model, CLIPImageProcessorPil.from_pretrained(processor_dir, local_files_only=True)
     logger.info("no %s/ beside %s; using the standard CLIP processor", IMAGE_PROCESSOR_FOLDER, source.path)
     return model, clip_image_processor(model.config.image_size)
 

@@ -199,6 +199,10 @@ class FourDNeXWanDecode:
             (frames,) = core.VAEDecodeTiled().decode(vae, wide, tile_size, overlap, temporal_size, temporal_overlap)
         else:
             (frames,) = core.VAEDecode().decode(vae, wide)
+        if not torch.isfinite(frames).all():
+            bad = [i for i in range(frames.shape[0]) if not torch.isfinite(frames[i]).all()]
+            raise ValueError(f"The VAE decoded NaN or infinite values (frames {bad[:8]}) from a finite latent: its "
+                             "weights or precision (fp16 overflows: load it in bf16 or fp32) are at fault.")
         decoded = split_decoded_frames(frames.cpu())
         return (decoded.rgb, PointMaps(xyz=decoded.xyz, rgb=decoded.rgb), xyz_image(decoded.xyz))
 

@@ -5,11 +5,11 @@ imported lazily (see :mod:`.comfy_bridge`), so the classes can be imported and r
 Use relative imports only: inside ComfyUI, the top-level name ``nodes`` is ComfyUI's own module.
 """
 
-from . import encode, geometry, loaders, memory, native, sampling
+from . import encode, geometry, loaders, memory, native, sampling, synthetic
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-for _module in (loaders, memory, encode, sampling, native, geometry):
+for _module in (loaders, memory, encode, sampling, native, geometry, synthetic):
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
 

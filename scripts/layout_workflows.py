@@ -34,7 +34,7 @@ SHOWS_OUTPUT = {"PreviewImage": [320, 300], "SaveAnimatedWEBP": [320, 340], "Sav
 STAGES = (
     ("Load", ("LoadImage", "UNETLoader", "CLIPLoader", "CLIPVisionLoader", "VAELoader", "FourDNeXModelLoader",
               "FourDNeXVAELoader", "FourDNeXTextEncoderLoader", "FourDNeXCLIPVisionLoader", "FourDNeXMemoryOptions",
-              "FourDNeXLoadScene", "LoraLoaderModelOnly")),
+              "FourDNeXLoadScene", "FourDNeXSyntheticScene", "LoraLoaderModelOnly")),
     ("Model patch and encoding", ("FourDNeXApplyToWanModel", "ModelSamplingSD3", "CLIPTextEncode", "CLIPVisionEncode",
                                   "FourDNeXTextEncode", "FourDNeXCLIPVisionEncode", "FourDNeXXYZInit")),
     ("4DNeX sampling", ("FourDNeXWanImageToVideo", "FourDNeXReleaseSchedule", "KSamplerSelect", "SamplerCustom",

@@ -168,16 +168,3 @@ def test_generate_cli_names_the_flag_for_ambiguous_weight_files(tiny, tmp_path, 
     assert main(["generate", str(EXAMPLE), "--out", str(tmp_path / "out"), "--models", str(models), *SMALL]) == 2
     err = capsys.readouterr().err
     assert "Several transformer candidates" in err and "--transformer PATH" in err
-
-
-def test_demo_cli_runs_every_stage(tmp_path):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--frames", "5", "--height", "32", "--width", "48", "--steps", "2"]) == 0
-    scene = load_scene(out / "scene.npz")
-    assert scene.rgb.shape == (5, 32, 48, 3) and scene.xyz.shape == (5, 32, 48, 3)
-    assert (out / "models" / "comfyui" / "models" / "loras" / "4dnex_lora.safetensors").is_file()
-    assert json.loads((out / "run.json").read_text())["prompt_used"].endswith("POINTMAP_STYLE.")
-    # a second demo into the same folder keeps the first one's results unless asked
-    before = (out / "scene.npz").read_bytes()
-    assert main(["demo", "--out", str(out), "--frames", "5", "--height", "32", "--width", "48", "--steps", "2"]) == 2
-    assert (out / "scene.npz").read_bytes() == before

@@ -20,6 +20,9 @@ from fourdnex_core.geometry.postopt import PostOptResult
 from fourdnex_core.scene_file import Scene
 
 
+_PERCENTILE_SAMPLE = 1_000_000  # depth_image reads its percentiles from about this many pixels
+
+
 @dataclasses.dataclass
 class PointMaps:
     """xyz: [F, H, W, 3] scene units; rgb: [F, H, W, 3] in [0, 1] or None; mask: [F, H, W] bool or None."""
@@ -98,8 +101,11 @@ def point_maps_from_scene(scene: Scene) -> tuple[PointMaps, Cameras | None]:
     return maps, cameras
 
 
-def depth_image(depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Depth [F, H, W] -> [F, H, W] in [0, 1], near bright, using inverse depth scaled over the clip.
+def depth_image(depth: torch.Tensor, valid: torch.Tensor | None = None, *,
+                percentiles: tuple[float, float] = (1.0, 99.0)) -> torch.Tensor:
+    """Depth [F, H, W] -> [F, H, W] in [0, 1], near bright: inverse depth scaled between its
+    ``percentiles`` over the clip (and clipped), so a few flying pixels next to the camera do not
+    turn the rest of the picture black.
 
     Pixels without a positive depth (or outside ``valid``) are 0.
     """
@@ -109,6 +115,8 @@ def depth_image(depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch
     inverse = torch.where(usable, 1.0 / depth.clamp_min(1e-12), 0.0)
     if not usable.any():
         return torch.zeros_like(depth, dtype=torch.float32)
-    low, high = inverse[usable].min(), inverse[usable].max()
+    values = inverse[usable].double()
+    values = values[:: values.numel() // _PERCENTILE_SAMPLE + 1]  # torch.quantile takes at most 2**24 values
+    low, high = torch.quantile(values, torch.tensor(percentiles, dtype=values.dtype) / 100.0)
     scaled = (inverse - low) / (high - low).clamp_min(1e-12)
     return torch.where(usable, scaled, 0.0).float().clamp(0.0, 1.0)

@@ -133,7 +133,7 @@ def test_demo_writes_every_stage_and_each_file_reads_back(demo):
 
 def test_demo_ends_with_the_table_of_stages_times_and_workflows(demo):
     out, printed = demo
-    table = printed[printed.index("stage "):]
+    table = printed[printed.rindex("\nstage ") + 1:]
     for line in ("random_weights/: tiny random weights", "synthetic_scene/: a synthetic scene with known geometry"):
         assert line in table
     for workflow in ("workflows/1_image_to_4d.json", "workflows/4_novel_view_orbit_video.json",

@@ -383,6 +383,21 @@ def test_one_bad_coordinate_makes_a_pixel_invalid_under_an_axis_aligned_camera(a
     assert bool(torch.isfinite(result.residuals).all())
 
 
+@pytest.mark.parametrize("part", ["intrinsics", "rotation", "translation"])
+def test_a_diverged_camera_is_named_as_such_not_blamed_on_the_input(part):
+    """Finite XYZ with a non-finite fitted camera (the solve diverged on that frame) gets an error that
+    says so, instead of "fewer than 16 usable points (the rest are non-finite)"."""
+    from fourdnex_core.geometry.postopt.result import PostOptResult
+
+    scene = make_synthetic_scene(3, HEIGHT, WIDTH, seed=25)
+    cameras = {"intrinsics": torch.tensor([[40.0, 40.0, 22.0, 14.5]]).repeat(3, 1),
+               "rotation": torch.eye(3).repeat(3, 1, 1), "translation": torch.zeros(3, 3)}
+    cameras[part][1].view(-1)[0] = torch.nan
+    with pytest.raises(ValueError, match=r"diverged on frames \[1\]"):
+        PostOptResult.from_cameras(scene.xyz, None, 0.0, cameras["intrinsics"], cameras["rotation"],
+                                   cameras["translation"], shared_intrinsics=False, iterations=0)
+
+
 def test_the_default_model_is_kept_when_it_fits_noisy_data():
     scene = make_synthetic_scene(13, 60, 90, noise=0.01, outlier_fraction=0.05, seed=24)
     result = post_optimize(scene.xyz)

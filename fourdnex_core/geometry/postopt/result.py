@@ -93,6 +93,7 @@ class PostOptResult:
         ``inputs.MIN_POINTS_PER_FRAME`` raises. Output in xyz's dtype.
         """
         frames, height, width, _ = xyz.shape
+        check_cameras_finite(intrinsics, rotation, translation)
         dtype = xyz.dtype if xyz.dtype in (torch.float32, torch.float64) else torch.float32
         device = xyz.device
         intrinsics = intrinsics.to(dtype)
@@ -166,6 +167,19 @@ class _Planes:
         torch.add(self.ray_x.square(), self.ray_y.square(), out=self.inverse_norm)
         self.inverse_norm.add_(1.0).reciprocal_()
         self.intrinsics = intrinsics.clone()
+
+
+def check_cameras_finite(intrinsics: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> None:
+    """Raise a ValueError naming the frames whose fitted camera (intrinsics [F, 4], rotation [F, 3, 3],
+    translation [F, 3]) is not finite: the solve diverged there, which no per-pixel check should blame
+    on the input."""
+    finite = (torch.isfinite(intrinsics).all(dim=-1) & torch.isfinite(rotation).flatten(1).all(dim=1)
+              & torch.isfinite(translation).all(dim=-1))
+    if not finite.all():
+        bad = (~finite).nonzero().flatten().tolist()
+        raise ValueError(f"Post-optimization diverged on frames {bad[:8]}: their fitted cameras are not finite. Their "
+                         "XYZ may not be a view of one scene (random weights give that); try a fixed camera model "
+                         "(no zoom), more iterations, or leave those frames out.")
 
 
 def _fit_frame(xyz: torch.Tensor, keeps: torch.Tensor | None, intrinsics: torch.Tensor, rotation: torch.Tensor,

@@ -398,6 +398,25 @@ def test_a_diverged_camera_is_named_as_such_not_blamed_on_the_input(part):
                                    cameras["translation"], shared_intrinsics=False, iterations=0)
 
 
+def test_a_freedom_whose_fit_runs_the_focal_away_is_not_supported():
+    """A zoom fitted on XYZ that is no view of a scene (random weights: seen in the native workflow's
+    run) reached fx 5e-40 and fy 2e222 px; such a fit must never be chosen."""
+    from fourdnex_core.geometry.postopt.models import plausible_focal_change
+    from fourdnex_core.geometry.postopt.problem import State
+
+    def state(focals):
+        focals = torch.tensor(focals, dtype=torch.float64)
+        intrinsics = torch.stack([focals, focals, torch.full_like(focals, 22.0), torch.full_like(focals, 14.5)], -1)
+        return State(rotation=torch.eye(3).repeat(len(focals), 1, 1), translation=torch.zeros(len(focals), 3),
+                     intrinsics=intrinsics)
+
+    before = state([40.0, 40.0, 40.0])
+    assert plausible_focal_change(before, state([40.0, 52.0, 30.0]))  # a real zoom
+    assert not plausible_focal_change(before, state([40.0, 4.7e-40, 40.0]))
+    assert not plausible_focal_change(before, state([40.0, 2.3e222, 40.0]))
+    assert not plausible_focal_change(before, state([40.0, float("nan"), 40.0]))
+
+
 def test_the_default_model_is_kept_when_it_fits_noisy_data():
     scene = make_synthetic_scene(13, 60, 90, noise=0.01, outlier_fraction=0.05, seed=24)
     result = post_optimize(scene.xyz)

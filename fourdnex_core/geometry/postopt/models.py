@@ -22,6 +22,8 @@ import logging
 import math
 from collections.abc import Callable
 
+import torch
+
 from fourdnex_core.geometry.postopt.problem import Problem, State, ray_geometry
 from fourdnex_core.geometry.postopt.refine import levenberg_marquardt
 from fourdnex_core.geometry.postopt.robust import RAYLEIGH_MEDIAN, median_distance, robust_cost, robust_width
@@ -127,8 +129,21 @@ def _try(before: Problem, state: State, name: str) -> tuple[float, bool, State]:
     residuals = 2 * int((before.weights > 0).sum())
     share = decrease / cost if cost > 0 else 0.0
     supported = share >= MIN_DECREASE and 2 * decrease / max(variance, 1e-300) > extra * math.log(residuals) and \
-        _matters(state, fitted, name)
+        _matters(state, fitted, name) and plausible_focal_change(state, fitted)
     return share, supported, fitted
+
+
+MAX_FOCAL_CHANGE = 100.0
+"""A freedom whose fit moves any focal by more than this factor (up or down) is not supported: on XYZ
+that is no view of a scene (random weights) a zoom can otherwise run to 1e-40 / 1e260 pixels."""
+
+
+def plausible_focal_change(before: State, after: State) -> bool:
+    """Whether every focal of ``after`` (intrinsics [F, 4]) is finite and within :data:`MAX_FOCAL_CHANGE`
+    of the same frame's focal in ``before``."""
+    ratio = after.intrinsics[:, :2] / before.intrinsics[:, :2]
+    return bool(torch.isfinite(after.intrinsics).all() and (ratio > 1 / MAX_FOCAL_CHANGE).all()
+                and (ratio < MAX_FOCAL_CHANGE).all())
 
 
 def _matters(before: State, after: State, name: str) -> bool:

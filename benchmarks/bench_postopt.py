@@ -115,7 +115,7 @@ def peak_memory(xyz: torch.Tensor, threads: int) -> float | None:
 
 
 def _report_peak(path: str) -> None:
-    xyz = torch.load(path)
+    xyz = torch.load(path, weights_only=True)
     post_optimize(make_synthetic_scene(2, 12, 18).xyz)  # imports and first-call setup are not the solve's
     if not _peak_rss_reset():
         print("None")

@@ -27,10 +27,9 @@ from .lora import (
     fuse_lora,
     linear_module_names,
     load_domain_embeddings,
-    parse_lora_state_dict,
+    read_lora,
     set_domain_embeddings,
 )
-from .lora.formats import read_safetensors
 from .lowvram import (
     ComponentOffload,
     EmbeddingCache,
@@ -125,8 +124,7 @@ def read_4dnex_lora(
     :func:`~fourdnex_core.lora.read_lora`), which resolve kohya names and check every layer.
     """
     lora_path, embeddings_path = resolve_lora(lora, domain_embeddings)
-    state_dict, metadata = read_safetensors(lora_path)
-    lora_file = parse_lora_state_dict(state_dict, metadata, linear_names=linear_names)
+    lora_file = read_lora(lora_path, linear_names=linear_names)
     embeddings = load_domain_embeddings(embeddings_path) if embeddings_path else lora_file.domain_embeddings
     if embeddings is None:
         logger.warning(

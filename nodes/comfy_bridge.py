@@ -34,6 +34,15 @@ def _comfy(name: str):
         return None
 
 
+def require(name: str, attribute: str):
+    """ComfyUI's module ``name`` for nodes that work on ComfyUI's own types only, checked to be ComfyUI's
+    by ``attribute`` (inside ComfyUI the top-level ``nodes`` is its own); a clear error outside ComfyUI."""
+    module = _comfy(name)
+    if module is None or not hasattr(module, attribute):
+        raise RuntimeError(f"This node works on ComfyUI's own types and runs inside ComfyUI only ({name}).")
+    return module
+
+
 def _fallback_models_dir() -> Path | None:
     value = os.environ.get("FOURDNEX_MODELS_DIR")
     return Path(value) if value else None

@@ -11,7 +11,6 @@ own model stack; :mod:`.native_patch` installs it on the MODEL.
 from __future__ import annotations
 
 import functools
-import importlib
 
 import torch
 
@@ -40,17 +39,6 @@ from .native_patch import check_wan21_i2v, patch_4dnex
 from .sampling import SIZE
 
 AUTO = "auto"
-
-
-def _comfy_module(name: str, attribute: str):
-    """ComfyUI's module ``name`` (checked to be ComfyUI's by ``attribute``), or a clear error outside ComfyUI."""
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        module = None
-    if module is None or not hasattr(module, attribute):
-        raise RuntimeError(f"This node works on ComfyUI's own types and runs inside ComfyUI only ({name}).")
-    return module
 
 
 def _native_linear_names(model) -> set[str]:
@@ -137,7 +125,7 @@ class FourDNeXWanImageToVideo:
     def encode(self, positive, negative, vae, clip_vision_output, start_image, width, height, length, resize,
                xyz_init=None):
         check_video_size(length, height, width)
-        node_helpers = _comfy_module("node_helpers", "conditioning_set_values")
+        node_helpers = comfy.require("node_helpers", "conditioning_set_values")
         picture = fit_image(image_to_tensor(start_image[:1]), height, width, mode=resize).permute(1, 2, 0)  # [h, w, 3]
         size = tuple(picture.shape[:2])
         init = xyz_init_map(*size) if xyz_init is None else xyz_init.xyz[0].float()
@@ -193,7 +181,7 @@ class FourDNeXWanDecode:
             raise ValueError("The latent holds NaN or infinite values, so there is nothing to decode: the sampler "
                              "diverged (fp16 overflow: load the model in bf16; an extreme cfg) or the MODEL's weights or "
                              "LoRA hold NaN.")
-        core = _comfy_module("nodes", "VAEDecodeTiled")
+        core = comfy.require("nodes", "VAEDecodeTiled")
         wide = {"samples": denormalize_xyz_raw_latent(latent, *wan_latent_stats())}
         if tiled:
             (frames,) = core.VAEDecodeTiled().decode(vae, wide, tile_size, overlap, temporal_size, temporal_overlap)
@@ -264,7 +252,7 @@ class FourDNeXReleaseSchedule:
                    "sampler. The SIGMAS also work with ComfyUI's own samplers (KSamplerSelect).")
 
     def schedule(self, steps, shift, schedule, sampler):
-        samplers = _comfy_module("comfy.samplers", "KSAMPLER")
+        samplers = comfy.require("comfy.samplers", "KSAMPLER")
         sampler_object = samplers.KSAMPLER(functools.partial(release_sample, (sampler, steps, shift, schedule)))
         return (flow_sigmas(steps, shift, schedule), sampler_object)
 

@@ -21,25 +21,18 @@ and other wrappers run inside ours.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
 from fourdnex_core.lora import LoraLayer, to_comfyui_state_dict
 from fourdnex_core.transformer import add_domain_embeddings, share_positions
+
+from . import comfy_bridge as comfy
 
 WRAPPER_KEY = "fourdnex"
 """Key of the 4DNeX wrapper in the MODEL's ``DIFFUSION_MODEL`` wrappers (one per model)."""
 
 NEEDED = ("Wan2.1 image-to-video 14B 480p (i2v: 36 input channels, a CLIP image embedding), e.g. "
           "wan2.1_i2v_480p_14B_bf16.safetensors / _fp8_scaled / a GGUF of it")
-
-
-def _comfy(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:
-        raise RuntimeError("This node patches ComfyUI's own Wan model and runs inside ComfyUI only.") from error
 
 
 def describe(model) -> str:
@@ -59,7 +52,7 @@ def describe(model) -> str:
 
 def check_wan21_i2v(model, width: int | None) -> None:
     """Refuse a MODEL that is not Wan2.1 image-to-video, or not of the LoRA's ``width``, naming both."""
-    model_base = _comfy("comfy.model_base")
+    model_base = comfy.require("comfy.model_base", "WAN21")
     base = getattr(model, "model", None)
     diffusion_model = getattr(base, "diffusion_model", None)
     fits = (type(base) is model_base.WAN21 and getattr(diffusion_model, "model_type", None) == "i2v"
@@ -79,7 +72,7 @@ def add_lora_patches(model, layers: list[LoraLayer], strength: float) -> int:
     Every layer must land on a weight of the model: a LoRA of which any key matches nothing is an
     error (ComfyUI itself would only log it).
     """
-    comfy_lora = _comfy("comfy.lora")
+    comfy_lora = comfy.require("comfy.lora", "load_lora")
     state_dict = to_comfyui_state_dict(layers)
     key_map = comfy_lora.model_lora_keys_unet(model.model, {})
     patches = comfy_lora.load_lora(state_dict, key_map, log_missing=False)
@@ -145,7 +138,7 @@ class DomainEmbeddingWrapper:
 
 def patch_4dnex(model, layers: list[LoraLayer], strength: float, embeddings: torch.Tensor | None):
     """A clone of the MODEL with the 4DNeX LoRA, shared RoPE and (when given) the domain embeddings [2, D]."""
-    patcher_extension = _comfy("comfy.patcher_extension")
+    patcher_extension = comfy.require("comfy.patcher_extension", "WrappersMP")
     patched = model.clone()
     if layers:
         add_lora_patches(patched, layers, strength)

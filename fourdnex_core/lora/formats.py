@@ -137,6 +137,7 @@ def read_lora(
     path: str | PathLike,
     model: nn.Module | None = None,
     *,
+    linear_names: Collection[str] | None = None,
     alpha_over_rank_if_missing: float | None = None,
 ) -> LoraFile:
     """Read a LoRA ``.safetensors`` file of any supported format.
@@ -146,12 +147,15 @@ def read_lora(
         model: the target transformer. Its ``nn.Linear`` names resolve kohya names (required for
             that format) and every module is checked against it. Without a model, names are
             mapped to diffusers names through the Wan key table only.
+        linear_names: instead of ``model``, the target's Linear module paths in diffusers names
+            (for a model that is not a diffusers module, e.g. ComfyUI's own Wan).
         alpha_over_rank_if_missing: alpha / rank to assume for modules whose file stores no
             alpha. ``None``: the default of the module docstring (0.5 for an alpha-less
             diffusers file, the 4DNeX release; 1.0 otherwise).
     """
     state_dict, metadata = read_safetensors(path)
-    linear_names = None if model is None else linear_module_names(model)
+    if model is not None:
+        linear_names = linear_module_names(model)
     return parse_lora_state_dict(
         state_dict, metadata, linear_names=linear_names, alpha_over_rank_if_missing=alpha_over_rank_if_missing
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from fourdnex_core.devices import resolve_dtype
 from fourdnex_core.lowvram import LowVramOptions, transformer_on_device
 from fourdnex_core.lowvram.block_swap import model_resident_bytes, module_bytes
 
@@ -193,11 +194,9 @@ def offload_device() -> torch.device:
 
 
 def precision(name: str, device: torch.device | None = None) -> torch.dtype:
-    """``auto`` -> bf16 on CUDA, fp32 on CPU; else the named dtype."""
-    if name == "auto":
-        device = device or torch_device()
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+    """``auto`` -> bf16 on CUDA, fp32 on CPU (on ``device``, default ComfyUI's compute device); else the
+    named dtype (:func:`fourdnex_core.devices.resolve_dtype`)."""
+    return resolve_dtype(name, device or torch_device())
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fourdnex_core.devices import DTYPES
 from fourdnex_core.loading.clip_vision_loader import load_clip_vision
 from fourdnex_core.loading.text_encoder_loader import load_text_encoder, text_encoder_precision
 from fourdnex_core.loading.transformer_loader import load_transformer
@@ -13,7 +14,7 @@ from fourdnex_core.transformer import FourDNeXTransformer3DModel
 from . import comfy_bridge as comfy
 from .comfy_values import FourDNeXModel, ImageEncoder, TextEncoder
 
-PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
+PRECISIONS = ["auto", *DTYPES]
 NONE = "none"
 AUTO = "auto"
 DIFFUSERS_PREFIX = "diffusers/"

@@ -33,6 +33,7 @@ try:  # transformers >= 5.x split the processor; the PIL one needs no torchvisio
 except ImportError:  # before the split CLIPImageProcessor was the PIL one
     from transformers import CLIPImageProcessor as CLIPImageProcessorPil
 
+from ..devices import dtype_named
 from .detect import guess_contents, packaged_config
 from .fp8 import is_fp8_dtype
 from .locate import ModelSource, as_source
@@ -44,7 +45,6 @@ from .safetensors_io import (
     read_component_metadata,
     read_header,
 )
-from .text_encoder_loader import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def load_clip_vision(
         ModelNotFoundError (a FileNotFoundError): nothing usable at the path.
         ValueError: unknown layout, another model, fp8 weights or an incomplete file.
     """
-    dtype = resolve_precision(dtype)
+    dtype = dtype_named(dtype)
     source = as_source(source_or_path, CLIP_VISION_COMPONENT)
     if source.kind == "single_file":
         model = _load_single_file(source.path, dtype, torch.device(device))

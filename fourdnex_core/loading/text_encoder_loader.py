@@ -35,6 +35,7 @@ from accelerate import init_empty_weights
 from torch import nn
 from transformers import PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 
+from ..devices import dtype_named
 from .detect import IGNORED_SUFFIXES, SCALE_SUFFIX, SCALED_FP8_MARKER, guess_contents, packaged_config
 from .fp8 import FP8Linear, dequantize_fp8, is_fp8_dtype, quantized_linear_from
 from .locate import ModelSource, as_source, diffusers_weight_files
@@ -63,17 +64,6 @@ SCALE_WEIGHT_SUFFIX = f".{SCALE_SUFFIX}"
 _FIRST_QUERY_KEY = "encoder.block.0.layer.0.SelfAttention.q.weight"
 _FP32_IN_FP16_MODULE = "DenseReluDense.wo"
 
-PRECISIONS: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def resolve_precision(dtype: torch.dtype | str) -> torch.dtype:
-    """``torch.bfloat16``/``float16``/``float32`` from a dtype or one of ``"bf16"``, ``"fp16"``, ``"fp32"``."""
-    if isinstance(dtype, str) and dtype in PRECISIONS:
-        return PRECISIONS[dtype]
-    if isinstance(dtype, torch.dtype) and dtype in PRECISIONS.values():
-        return dtype
-    raise ValueError(f"unsupported precision {dtype!r}; use one of {', '.join(PRECISIONS)} (or the torch dtype)")
-
 
 def text_encoder_precision(name: str | torch.dtype, compute_device: torch.device | str,
                            source_or_path: ModelSource | str | os.PathLike) -> torch.dtype:
@@ -82,7 +72,7 @@ def text_encoder_precision(name: str | torch.dtype, compute_device: torch.device
     fp32, else bf16: a 16-bit or fp8 file is never widened to fp32 unless asked (UMT5-XXL takes
     11 GB in bf16, 22.7 GB in fp32)."""
     if name != "auto":
-        return resolve_precision(name)
+        return dtype_named(name)
     if torch.device(compute_device).type != "cpu":
         return torch.bfloat16
     return torch.float32 if stored_precision(source_or_path) == torch.float32 else torch.bfloat16
@@ -135,7 +125,7 @@ def load_text_encoder(
             folder for a diffusers source.
         ValueError: unknown layout, another model, an incomplete file, or no tokenizer for a file.
     """
-    dtype = resolve_precision(dtype)
+    dtype = dtype_named(dtype)
     source = as_source(source_or_path, TEXT_ENCODER_COMPONENT)
     if source.kind == "single_file":
         return _load_from_file(source.path, tokenizer_path, dtype, torch.device(device))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from fourdnex_core.geometry.export_cameras import CameraSet, write_cameras_json
 from fourdnex_core.geometry.export_glb import write_glb
 from fourdnex_core.geometry.export_ply import write_ply
@@ -14,7 +12,7 @@ from fourdnex_core.geometry.point_maps import depth_image, point_maps_from_posto
 from fourdnex_core.geometry.pointcloud import PointFilter
 from fourdnex_core.geometry.postopt import post_optimize
 from fourdnex_core.geometry.postopt.models import CAMERA_MODEL_CHOICES
-from fourdnex_core.geometry.render import fit_intrinsics, render_views
+from fourdnex_core.geometry.render import Rendering, fit_intrinsics, render_views
 from fourdnex_core.geometry.trajectories import TRAJECTORIES, preview_cameras, views_intrinsics
 from fourdnex_core.geometry.trajectories import trajectory as trajectory_poses
 from fourdnex_core.scene_file import load_scene
@@ -30,15 +28,16 @@ VIEWER_SUBFOLDER = "4dnex_viewer"
 
 
 def _render(clouds, K, cams2world, scene_size, width, height, point_size, progress):
-    """Render ``clouds`` along ``cams2world`` into an IMAGE batch, stepping ``progress`` per view."""
+    """Render ``clouds`` along ``cams2world`` as one CPU :class:`Rendering` batch (image [N, H, W, 3],
+    depth [N, H, W]), stepping ``progress`` per view."""
     height, width = height or scene_size[0], width or scene_size[1]
     K = fit_intrinsics(K, scene_size, (height, width))
-    frames = []
+    views = []
     for rendering in render_views(clouds, K, cams2world, height, width, point_size, device=comfy.torch_device(),
                                   progress=False):
-        frames.append(rendering.image.cpu())
+        views.append(Rendering(rendering.image.cpu(), rendering.depth.cpu()))
         progress.step()
-    return torch.stack(frames)
+    return Rendering.stack(views)
 
 
 class FourDNeXPostOptimize:
@@ -161,7 +160,7 @@ class FourDNeXPointCloudPreview:
         glb_name = f"{glb_stem}.glb"
         write_glb(glb_folder / glb_name, clouds, fps)
         K, cams2world = preview_cameras(scene)
-        rendered = _render(clouds, K, cams2world, scene.rgb.shape[1:3], render_width, render_height, 1, progress)
+        rendered = _render(clouds, K, cams2world, scene.rgb.shape[1:3], render_width, render_height, 1, progress).image
         viewer = {"filename": name, "subfolder": VIEWER_SUBFOLDER, "type": "temp", "frames": len(clouds),
                   "fps": fps, "point_size": point_size, "max_points": max_points}
         model_file = f"3d/{glb_name}"
@@ -281,12 +280,19 @@ class FourDNeXRenderNovelView:
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("frames",)
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("frames", "hole_masks", "depth")
+    OUTPUT_TOOLTIPS = ("The rendered views [B, H, W, 3], black where no point lands.",
+                       "1 where no point's splat covers the pixel (holes, disocclusions, letterbox bands), 0 "
+                       "elsewhere [B, H, W]: the 'to be generated' convention of inpainting masks and of "
+                       "WanVaceToVideo's control_masks.",
+                       "Depth of the visible points [B, H, W, 3], near bright: inverse depth scaled between its "
+                       "1st and 99th percentile over the whole batch; holes are 0 (black).")
     FUNCTION = "render"
     CATEGORY = "4DNeX/geometry"
     DESCRIPTION = ("Renders the point clouds from a novel camera trajectory (distances in units of the first "
-                   "frame's median depth) as an IMAGE batch; connect it to a video save node.")
+                   "frame's median depth) as an IMAGE batch, with a hole MASK (1 = no point: what a video model "
+                   "should fill, e.g. WanVaceToVideo's control_video + control_masks) and a depth IMAGE per view.")
 
     def render(self, point_clouds, trajectory, num_views, arc_degrees, distance, offset_x, offset_y, offset_z,
                time_frame, width, height, point_size, unique_id=None):
@@ -302,8 +308,9 @@ class FourDNeXRenderNovelView:
             clouds = [clouds[time_frame]]
         progress = comfy.Progress(poses.shape[0], unique_id)
         K = views_intrinsics(scene.K, trajectory, poses.shape[0])
-        return (_render(clouds, K, poses, scene.rgb.shape[1:3], width, height,
-                        point_size, progress),)
+        rendered = _render(clouds, K, poses, scene.rgb.shape[1:3], width, height, point_size, progress)
+        depth = depth_image(rendered.depth, rendered.coverage)
+        return (rendered.image, rendered.holes.float(), depth[..., None].expand(-1, -1, -1, 3).contiguous())
 
 
 NODE_CLASS_MAPPINGS = {

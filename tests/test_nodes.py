@@ -303,22 +303,31 @@ def synthetic_clouds():
 
 @pytest.mark.parametrize("trajectory", ["orbit", "dolly", "path", "path-offset"])
 def test_render_novel_view(synthetic_clouds, trajectory):
-    (frames,) = call("FourDNeXRenderNovelView", point_clouds=synthetic_clouds, trajectory=trajectory, num_views=3,
-                     arc_degrees=40.0, distance=0.3, offset_x=0.1, offset_y=0.0, offset_z=0.0, time_frame=-1,
-                     width=32, height=16, point_size=2)
+    frames, holes, depth = call("FourDNeXRenderNovelView", point_clouds=synthetic_clouds, trajectory=trajectory,
+                                num_views=3, arc_degrees=40.0, distance=0.3, offset_x=0.1, offset_y=0.0,
+                                offset_z=0.0, time_frame=-1, width=32, height=16, point_size=2)
     views = FRAMES if trajectory.startswith("path") else 3
     assert frames.shape == (views, 16, 32, 3) and float(frames.min()) >= 0 and float(frames.max()) <= 1
     # every view shows the scene: the share of pixels a point landed on (the background is black) is
     # 0.77-0.85 per view here; an empty or misplaced render is 0
     coverage = (frames > 0).any(dim=-1).float().mean(dim=(1, 2))
     assert float(coverage.min()) > 0.5, coverage.tolist()
+    # MASK [B, H, W] (1 = hole, what WanVaceToVideo's control_masks regenerates) and depth IMAGE [B, H, W, 3],
+    # both lined up with the frames: holes are exactly the black background, and have no depth
+    assert holes.shape == (views, 16, 32) and holes.dtype == torch.float32
+    assert set(holes.unique().tolist()) <= {0.0, 1.0} and float(holes.mean()) < 0.5
+    assert torch.equal(holes == 1, (frames == 0).all(dim=-1))  # no point of this scene is pure black
+    assert depth.shape == (views, 16, 32, 3) and depth.dtype == torch.float32
+    assert float(depth.min()) >= 0 and float(depth.max()) == 1.0
+    assert torch.equal(depth[..., 0], depth[..., 2]) and bool((depth[holes == 1] == 0).all())
 
 
 def test_render_frozen_time_and_bad_frame(clouds):
     args = dict(point_clouds=clouds, trajectory="orbit", num_views=2, arc_degrees=10.0, distance=0.3, offset_x=0.1,
                 offset_y=0.0, offset_z=0.0, width=0, height=0, point_size=1)
-    (frames,) = call("FourDNeXRenderNovelView", **args, time_frame=0)
-    assert frames.shape == (2, HEIGHT, WIDTH, 3)
+    frames, holes, depth = call("FourDNeXRenderNovelView", **args, time_frame=0)
+    assert frames.shape == (2, HEIGHT, WIDTH, 3) and holes.shape == (2, HEIGHT, WIDTH)
+    assert depth.shape == (2, HEIGHT, WIDTH, 3)
     with pytest.raises(ValueError, match="time_frame"):
         call("FourDNeXRenderNovelView", **args, time_frame=FRAMES)
 

@@ -99,9 +99,10 @@ def test_workflow_3b_runs_without_a_model_and_recovers_the_true_cameras(tmp_path
     errors = camera_errors(scene_from(point_maps, true_cameras), scene_from(point_maps, cameras))
     assert errors.within(TESTED_ACCURACY), errors
     assert float(depth_picture.std()) > 0.1  # depth that shows the scene, not one grey
-    (frames,) = outputs[by_type["FourDNeXRenderNovelView"]]
+    frames, holes, _ = outputs[by_type["FourDNeXRenderNovelView"]]
     coverage = (frames > 0).any(dim=-1).float().mean(dim=(1, 2))
     assert frames.shape[0] == point_maps.num_frames and float(coverage.min()) > 0.5, coverage.tolist()
+    torch.testing.assert_close(1 - holes.mean(dim=(1, 2)), coverage)  # the hole MASK is the uncovered pixels
     (scene_file,) = outputs[by_type["FourDNeXSave"]]
     saved = tmp_path / "output" / scene_file
     scene = load_scene(saved)

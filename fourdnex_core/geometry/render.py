@@ -5,6 +5,15 @@ Camera model: OpenCV pinhole, pixel centres at integer coordinates, a point at c
 coordinates (x, y, z) lands at u = fx x / z + cx (column), v = fy y / z + cy (row), and is drawn
 as a ``point_size`` x ``point_size`` square on the pixel nearest to (u, v).
 
+Coverage and holes: point i *covers* the pixels of its splat, the ``point_size`` x ``point_size``
+square of pixels whose rows run from ``floor(v_i + 0.5) - (point_size - 1) // 2`` over ``point_size``
+rows (columns likewise from ``floor(u_i + 0.5)``), clipped to the image, provided its camera z is
+above ``near`` and its camera coordinates are finite. A pixel is covered when at least one point
+covers it (whether or not that point is the visible one); every other pixel is a *hole*: outside
+the cloud, a gap between sparse points, a disocclusion (scene the input views never saw), or a
+letterbox band of :func:`fit_intrinsics`. :attr:`Rendering.holes` is exactly the complement of the
+union of the splat squares, and the depth map is finite exactly where a pixel is covered.
+
 Z-buffer: each point is packed into one int64 key, (depth bits << 32) | point index (positive
 float32 depths keep their order as integers). One ``scatter_reduce(..., "amin")`` finds the
 nearest point centred on each pixel; a point_size x point_size minimum filter over that image then
@@ -31,15 +40,32 @@ _MAX_COORD = float(1 << 30)
 
 @dataclasses.dataclass
 class Rendering:
-    """image: [H, W, 3] float in [0, 1]; depth: [H, W] camera z of the visible point, inf where empty."""
+    """One view, or a batch of N views stacked by :meth:`stack`.
+
+    image: [H, W, 3] (or [N, H, W, 3]) float in [0, 1], the background colour in holes;
+    depth: [H, W] (or [N, H, W]) float32 camera z (along the viewing axis, not the distance to the
+    camera) of the visible point, inf in holes.
+    """
 
     image: torch.Tensor
     depth: torch.Tensor
 
     @property
     def coverage(self) -> torch.Tensor:
-        """[H, W] bool: pixels that show a point."""
+        """[..., H, W] bool: pixels some point's splat covers (see the module docstring)."""
         return torch.isfinite(self.depth)
+
+    @property
+    def holes(self) -> torch.Tensor:
+        """[..., H, W] bool: pixels no point's splat covers, the complement of :attr:`coverage`."""
+        return ~self.coverage
+
+    @classmethod
+    def stack(cls, renderings: Sequence[Rendering]) -> Rendering:
+        """N single views as one batch: image [N, H, W, 3], depth [N, H, W]."""
+        if not renderings:
+            raise ValueError("No views to stack; a trajectory needs at least one view.")
+        return cls(torch.stack([r.image for r in renderings]), torch.stack([r.depth for r in renderings]))
 
 
 def fit_intrinsics(K: torch.Tensor, source_size: tuple[int, int], target_size: tuple[int, int]) -> torch.Tensor:

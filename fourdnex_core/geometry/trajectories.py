@@ -3,7 +3,9 @@
 * :func:`orbit`: the reference camera swung around an axis through a centre point (by default
   the reference camera's up axis), so a camera looking at the centre keeps looking at it;
 * :func:`dolly`: the reference camera moved along its own viewing axis;
-* :func:`offset_path`: a recovered camera path shifted in each camera's own frame.
+* :func:`offset_path`: a recovered camera path shifted in each camera's own frame;
+* :func:`interpolate_keyframes`: a smooth path through given keyframe cameras (slerped rotations,
+  a Catmull-Rom spline through the positions, a linear focal), e.g. views picked in the viewer.
 
 The recovered path itself is the scene's ``cams2world``, and any user-given [N, 4, 4] stack of
 poses can be rendered as it is. For a scene: :func:`trajectory` picks one of these by name (distances
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from kornia.geometry.conversions import axis_angle_to_rotation_matrix
+from kornia.geometry.conversions import axis_angle_to_rotation_matrix, rotation_matrix_to_axis_angle
 
 from fourdnex_core.geometry.pointcloud import frame_depth
 from fourdnex_core.scene_file import Scene
@@ -153,3 +155,47 @@ def preview_cameras(scene: Scene, focal_factor: float = 1.2) -> tuple[torch.Tens
     pose = torch.eye(4, dtype=torch.float64)
     pose[:3, 3] = torch.tensor([center[0], center[1], low[2] - back])
     return K, pose.expand(scene.num_frames, 4, 4).clone()
+
+
+def keyframe_views(num_keyframes: int, num_views: int) -> torch.Tensor:
+    """The view index [K] at which each of ``num_keyframes`` keyframes is hit exactly: spread evenly
+    from the first view to the last (one keyframe: view 0)."""
+    _check_count(num_views)
+    if num_keyframes > num_views:
+        raise ValueError(f"A path through {num_keyframes} keyframes needs at least as many views, got num_views="
+                         f"{num_views}; raise num_views or clear some views.")
+    if num_keyframes == 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.round(torch.linspace(0, num_views - 1, num_keyframes, dtype=torch.float64)).long()
+
+
+def interpolate_keyframes(cams2world: torch.Tensor, focal: torch.Tensor,
+                          num_views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth camera path through keyframes: (cams2world [N, 4, 4], focal [N]).
+
+    cams2world: [K, 4, 4] keyframe poses; focal: [K] any per-keyframe focal measure. Keyframe k is
+    view :func:`keyframe_views` [k] exactly. Between two keyframes the rotation is slerped (the
+    geodesic, at constant angular speed), the position follows a uniform Catmull-Rom spline through
+    all keyframe positions (continuous velocity at keyframes; two keyframes: a straight line at
+    constant speed) and the focal is linear. One keyframe gives ``num_views`` copies of it.
+    """
+    if cams2world.ndim != 3 or cams2world.shape[1:] != (4, 4) or cams2world.shape[0] < 1:
+        raise ValueError(f"cams2world must be [K, 4, 4] with K >= 1, got {tuple(cams2world.shape)}.")
+    if focal.shape != cams2world.shape[:1]:
+        raise ValueError(f"focal must be [K] = [{cams2world.shape[0]}], got {tuple(focal.shape)}.")
+    keys = keyframe_views(cams2world.shape[0], num_views)
+    if cams2world.shape[0] == 1:
+        return cams2world.expand(num_views, 4, 4).clone(), focal.expand(num_views).clone()
+    views = torch.arange(num_views)
+    segment = (torch.searchsorted(keys, views, right=True) - 1).clamp(0, len(keys) - 2)
+    u = ((views - keys[segment]).to(cams2world.dtype) / (keys[segment + 1] - keys[segment]))[:, None]
+    rotations, positions = cams2world[:, :3, :3], cams2world[:, :3, 3]
+    relative = rotation_matrix_to_axis_angle(rotations[:-1].transpose(1, 2) @ rotations[1:])  # [K-1, 3]
+    steps = axis_angle_to_rotation_matrix(u * relative[segment])
+    padded = torch.cat([2 * positions[:1] - positions[1:2], positions, 2 * positions[-1:] - positions[-2:-1]])
+    p0, p1, p2, p3 = (padded[segment + shift] for shift in range(4))
+    poses = torch.eye(4, dtype=cams2world.dtype).repeat(num_views, 1, 1)
+    poses[:, :3, :3] = rotations[segment] @ steps
+    poses[:, :3, 3] = 0.5 * (2 * p1 + (p2 - p0) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2
+                             + (3 * p1 - p0 - 3 * p2 + p3) * u**3)
+    return poses, torch.lerp(focal[segment], focal[segment + 1], u[:, 0].to(focal.dtype))

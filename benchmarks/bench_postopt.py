@@ -1,5 +1,6 @@
 """Benchmark: post-optimization, ours (linear start + robust Levenberg-Marquardt, camera model
-chosen from the data) against the release-style Adam reference (1500 iterations), on synthetic
+chosen from the data) against the release-style Adam reference (1500 iterations, ``postopt_reference.py`` beside this
+script), on synthetic
 scenes with known answers, including cameras the default model does not fit.
 
 For each scene size and condition it times our solver (the default call, which picks the camera
@@ -30,8 +31,8 @@ import torch
 
 from fourdnex_core.geometry.cameras import rotation_angle_degrees
 from fourdnex_core.geometry.postopt import PostOptResult, post_optimize
-from fourdnex_core.geometry.postopt.reference import RELEASE_ITERATIONS, post_optimize_reference
 from fourdnex_core.geometry.synthetic import SyntheticScene, make_synthetic_scene
+from postopt_reference import RELEASE_ITERATIONS, post_optimize_reference  # beside this script
 
 NOISY = {"noise": 0.01, "outlier_fraction": 0.05, "invalid_fraction": 0.01}
 CLEAN = {"noise": 0.0, "outlier_fraction": 0.0, "invalid_fraction": 0.0}

@@ -1,5 +1,9 @@
 """Reference post-optimization the authors' way: Adam over every unknown, for comparison only.
 
+It is not part of the library (nothing ships or runs it): ``bench_postopt.py`` compares the
+library's solver with it, and ``tests/test_postopt_reference.py`` checks it. Run from this folder
+(``python benchmarks/bench_postopt.py`` puts it on ``sys.path``).
+
 The release minimises the same objective as :func:`~fourdnex_core.geometry.postopt.post_optimize`
 (3D distance between each XYZ point and its back-projected pixel) by plain gradient descent:
 Adam, 1500 iterations, learning rate 5e-3 for all unknowns, cameras starting at the identity,

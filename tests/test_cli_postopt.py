@@ -115,13 +115,6 @@ def test_min_confidence_without_a_confidence_array_is_an_error(scene_dir, capsys
     assert "needs a confidence array" in capsys.readouterr().err
 
 
-def test_reference_solver_runs_from_the_command_line(scene_dir):
-    directory, _ = scene_dir
-    assert main(["postopt", str(directory), "--reference", "--iterations", "5"]) == 0
-    written = load_scene(directory / "scene.npz")
-    assert written.K[0, 0] == pytest.approx(1.2 * WIDTH, rel=0.01), "Adam barely moves the focal in 5 steps"
-
-
 @pytest.mark.parametrize(
     ("setup", "arguments", "message"),
     [
@@ -130,7 +123,6 @@ def test_reference_solver_runs_from_the_command_line(scene_dir):
         ("garbage", [], "is not a scene .npz file"),
         ("all_nan", [], "holds no usable point (every xyz is NaN or infinite)"),
         ("all_zero", [], "sit at one place (0.0, 0.0, 0.0)"),
-        ("good", ["--reference", "--focal", "100"], "--focal and --robust"),
     ],
 )
 def test_missing_or_malformed_input_gives_a_clear_error(tmp_path, capsys, setup, arguments, message):

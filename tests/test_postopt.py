@@ -15,11 +15,6 @@ from fourdnex_core.geometry.cameras import (
     rotation_angle_degrees,
 )
 from fourdnex_core.geometry.postopt import decoded_xyz_to_scene, post_optimize
-from fourdnex_core.geometry.postopt.reference import (
-    identity_rotation_6d,
-    post_optimize_reference,
-    rotation_6d_to_matrix,
-)
 from fourdnex_core.geometry.synthetic import make_synthetic_scene
 
 FRAMES, HEIGHT, WIDTH = 7, 30, 45
@@ -303,28 +298,6 @@ def test_bad_input_raises_clear_errors(call, message):
     xyz = make_synthetic_scene(2, 12, 18, seed=16).xyz
     with pytest.raises(ValueError, match=message):
         call(xyz)
-
-
-def test_6d_identity_is_a_rotation_and_the_release_start_is_not():
-    torch.testing.assert_close(rotation_6d_to_matrix(identity_rotation_6d(2)), torch.eye(3).expand(2, 3, 3))
-    equal_columns = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
-    matrix = rotation_6d_to_matrix(equal_columns)
-    assert not torch.allclose(matrix.T @ matrix, torch.eye(3), atol=1e-3)
-
-
-def test_reference_mode_starts_like_the_release_and_lowers_the_error():
-    scene = make_synthetic_scene(3, 12, 18, invalid_fraction=0.05, seed=17)
-    start = post_optimize_reference(scene.xyz, iterations=0, progress=False)
-    torch.testing.assert_close(start.cams2world, torch.eye(4).expand(3, 4, 4))
-    torch.testing.assert_close(start.K, intrinsics_matrix(*torch.tensor([1.2 * 18, 1.2 * 12, 8.5, 5.5]).unbind()))
-    trained = post_optimize_reference(scene.xyz, iterations=150, progress=False)
-    assert bool(torch.isfinite(trained.cams2world).all()) and bool(torch.isfinite(trained.depth).all())
-    def mean_squared_error(result):  # the objective Adam minimises
-        return float((result.point_errors[result.valid] ** 2).mean())
-
-    assert mean_squared_error(trained) < 0.5 * mean_squared_error(start)
-    ours = post_optimize(scene.xyz)
-    assert float(rotation_errors(ours, scene).max()) < float(rotation_errors(trained, scene).max())
 
 
 def test_flat_point_maps_are_refused_with_a_reason_not_a_linear_algebra_error():

@@ -22,7 +22,6 @@ from tqdm import tqdm
 from fourdnex_core.cli.export import SCENE_FILE, scene_path
 from fourdnex_core.geometry.pointcloud import confidence_within_mask
 from fourdnex_core.geometry.postopt import PostOptResult, post_optimize
-from fourdnex_core.geometry.postopt.reference import RELEASE_ITERATIONS, post_optimize_reference
 from fourdnex_core.scene_file import Scene, load_scene, save_scene
 
 DEFAULT_ITERATIONS = 20
@@ -51,13 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "when the data supports it; a zoom writes K as [F, 3, 3]")
     parser.add_argument("--robust", choices=("cauchy", "huber", "none"), default="cauchy",
                         help="robust loss against outlier points (default: cauchy)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help=f"solver iterations (default: {DEFAULT_ITERATIONS}; {RELEASE_ITERATIONS} with --reference)")
+    parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                        help=f"most solver iterations; it stops when converged (default: {DEFAULT_ITERATIONS})")
     parser.add_argument("--min-confidence", type=float, default=0.0, metavar="C",
-                        help="drop points whose confidence is below C (needs a confidence array in the scene; "
-                             "--reference uses confidence only to drop points, not to weight them)")
-    parser.add_argument("--reference", action="store_true",
-                        help="use the release-style Adam solver instead (slow; for comparison)")
+                        help="drop points whose confidence is below C (needs a confidence array in the scene)")
     return parser
 
 
@@ -66,26 +62,17 @@ def run(args: argparse.Namespace) -> int:
     scene = load_scene(path)
     dataclasses.replace(scene, valid=None).check_points(path)  # the inputs, not an earlier run's selection
     xyz = torch.from_numpy(scene.xyz)
-    if args.reference and (args.focal is not None or args.robust != "cauchy" or args.zoom == "yes"):
-        raise ValueError("--focal and --robust (and --zoom yes) belong to the default solver; drop them or drop "
-                         "--reference.")
     fix_principal_point = {"auto": None, "centre": True, "fitted": False}[args.principal_point]
     if args.min_confidence and scene.confidence is None:
         raise ValueError(f"--min-confidence needs a confidence array, and {path} has none; drop the option.")
     mask = _point_mask(scene, args.min_confidence)
     started = time.perf_counter()
-    if args.reference:
-        iterations = RELEASE_ITERATIONS if args.iterations is None else args.iterations
-        result = post_optimize_reference(xyz, mask, fix_principal_point=fix_principal_point is not False,
-                                         iterations=iterations)
-    else:
-        iterations = DEFAULT_ITERATIONS if args.iterations is None else args.iterations
-        with tqdm(total=iterations, desc="post-optimization", unit="it") as bar:
-            result = post_optimize(xyz, mask, focal=args.focal, fix_principal_point=fix_principal_point,
-                                   zoom={"auto": None, "yes": True, "no": False}[args.zoom], iterations=iterations,
-                                   robust=args.robust, callback=_step_bar(bar))
-            bar.total = bar.n  # converged early: show the bar complete
-            bar.refresh()
+    with tqdm(total=args.iterations, desc="post-optimization", unit="it") as bar:
+        result = post_optimize(xyz, mask, focal=args.focal, fix_principal_point=fix_principal_point,
+                               zoom={"auto": None, "yes": True, "no": False}[args.zoom], iterations=args.iterations,
+                               robust=args.robust, callback=_step_bar(bar))
+        bar.total = bar.n  # converged early: show the bar complete
+        bar.refresh()
     elapsed = time.perf_counter() - started
     save_scene(_with_cameras(scene, result), path)
     _print_summary(result, elapsed, path)

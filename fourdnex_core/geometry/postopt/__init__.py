@@ -34,8 +34,8 @@ Modules, one job each: :mod:`.inputs` (checks of the inputs and options, usable 
 problem, the unknowns, the rays), :mod:`.robust` (robust weights and costs),
 :mod:`.linear_start` (step 1), :mod:`.refine` (step 2), :mod:`.models` (the camera model the
 data supports), :mod:`.result` (step 3), :mod:`.solve` (:func:`post_optimize`, all steps),
-:mod:`.conventions` (decoded XYZ to scene units) and :mod:`.reference` (the release-style Adam
-solver, for comparison and ``fourdnex postopt --reference``).
+:mod:`.conventions` (decoded XYZ to scene units). The release-style Adam solver, for comparison
+only, is ``benchmarks/postopt_reference.py``.
 """
 
 from fourdnex_core.geometry.confidence import mask_keeps

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fourdnex_core.cli import main
+from fourdnex_core.cli import build_parser, main
+from fourdnex_core.cli.render import trajectory_cameras
 from fourdnex_core.geometry.export_cameras import read_cameras_json, read_transforms_json
 from fourdnex_core.geometry.read_glb import read_glb
 from fourdnex_core.geometry.export_ply import read_ply
 from fourdnex_core.geometry.pointcloud import unproject_depth
-from fourdnex_core.scene_file import Scene, save_scene
+from fourdnex_core.scene_file import Scene, load_scene, save_scene
 
 FRAMES, H, W = 5, 24, 32
 K = np.array([[28.0, 0.0, 15.5], [0.0, 28.0, 11.5], [0.0, 0.0, 1.0]], np.float32)
@@ -124,6 +125,62 @@ def test_render_user_poses_works_without_recovered_cameras(scene_dir, points_onl
                  "--out", str(out), *NO_FILTERS]) == 0
     rendered = np.asarray(Image.open(out / "frames" / "frame_00002.png"))
     np.testing.assert_array_equal(rendered, make_scene().rgb[2])
+
+
+def test_render_masks_are_the_uncovered_pixels_and_depth_the_scene_geometry(scene_dir, tmp_path):
+    out = tmp_path / "masks"
+    argv = ["render", str(scene_dir), "--trajectory", "path-offset", "--offset", "0.05", "0", "0", "--masks",
+            "--device", "cpu", "--out", str(out), *NO_FILTERS]
+    assert main(argv) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["depth.mp4", "depth.npz", "frames", "masks", "masks.mp4",
+                                                           "render.mp4"]
+    with np.load(out / "depth.npz") as saved:
+        depth = saved["depth"]
+    assert depth.shape == (FRAMES, H, W) and depth.dtype == np.float32
+    # 0.05 median depths (3.0) to the right: the wall (depth 3) moves 28 * 0.15 / 3 = 1.4 px left, the square
+    # (depth 1.5) 2.8 px: the wall's last column and the two columns the square uncovers at its right edge
+    # (rows 8..15) are seen by no point: 24 + 2 * 8 pixels per view
+    expected_holes = np.zeros((H, W), bool)
+    expected_holes[:, W - 1] = True
+    expected_holes[8:16, 17:19] = True
+    for index in range(FRAMES):
+        mask = np.asarray(Image.open(out / "masks" / f"frame_{index:05d}.png"))
+        np.testing.assert_array_equal(mask, np.where(expected_holes, 255, 0)[..., None].repeat(3, -1))
+        np.testing.assert_array_equal(np.isinf(depth[index]), expected_holes)
+        square = np.zeros((H, W), bool)
+        square[8:16, 7:17] = True
+        np.testing.assert_allclose(depth[index][square], 1.5, rtol=1e-5)
+        np.testing.assert_allclose(depth[index][~square & ~expected_holes], 3.0, rtol=1e-5)
+    for name in ("masks.mp4", "depth.mp4"):
+        reader = imageio.get_reader(out / name, format="FFMPEG")
+        decoded = np.stack([frame for frame in reader])
+        reader.close()
+        assert decoded.shape == (FRAMES, H, W, 3)
+    assert decoded[0][expected_holes].max() < 40 and decoded[0][square].min() > 200  # depth: holes black, near white
+
+    before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    assert main(argv) == 2  # an earlier render is never replaced unless asked
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
+    assert main([*argv, "--overwrite", "--no-frames"]) == 0
+    assert (out / "depth.npz").stat().st_mtime_ns > before["depth.npz"]
+
+
+def test_render_trajectories_are_in_units_of_the_median_depth(scene_dir):
+    """The library's trajectories with the scene's median depth (3.0: the wall fills most of frame 0)."""
+    scene = load_scene(scene_dir / "scene.npz")
+    parser = build_parser()
+
+    def cameras(*options):
+        args = parser.parse_args(["render", str(scene_dir), *options])
+        return trajectory_cameras(args, scene, scene_dir / "scene.npz").cams2world
+
+    dolly = cameras("--trajectory", "dolly", "--num-frames", "3", "--distance", "0.5")
+    np.testing.assert_allclose(dolly[:, :3, 3], [[0, 0, 0], [0, 0, 0.75], [0, 0, 1.5]], atol=1e-6)
+    shifted = cameras("--trajectory", "path-offset", "--offset", "0.1", "0", "-0.2")
+    np.testing.assert_allclose(shifted[:, :3, 3] - scene.cams2world[:, :3, 3], [[0.3, 0, -0.6]] * FRAMES, atol=1e-6)
+    orbit = cameras("--trajectory", "orbit", "--num-frames", "5", "--arc-degrees", "90")
+    np.testing.assert_allclose(orbit[2], scene.cams2world[0], atol=1e-6)  # the middle view is the first camera
+    np.testing.assert_allclose(np.linalg.norm(orbit[:, :3, 3] - [0, 0, 3.0], axis=1), 3.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("argv, message", [

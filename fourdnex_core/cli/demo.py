@@ -163,7 +163,9 @@ def _geometry_stages(stages: Stages, part: str, folder: Path, fps: float, workfl
                             ScenePointClouds(load_scene(folder / "scene.npz"), max_points=VIEWER_MAX_POINTS), fps)
     with stages.run(part, "novel view", "render/render.mp4, render/frames/", workflow_for["render"]):
         with _warnings_noted(expected):
-            _command(render, "render", str(folder), "--trajectory", "orbit", "--point-size", "2", "--fps", f"{fps:g}")
+            # the demo refused an earlier demo's folder already, unless --overwrite
+            _command(render, "render", str(folder), "--trajectory", "orbit", "--point-size", "2", "--fps",
+                     f"{fps:g}", "--overwrite")
 
 
 def _random_weights(stages: Stages, args: argparse.Namespace) -> None:

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from fourdnex_core.geometry.pointcloud import PointCloud, unproject_depth
-from fourdnex_core.geometry.render import cloud_schedule, fit_intrinsics, render_views, splat_points
+from fourdnex_core.geometry.render import Rendering, cloud_schedule, fit_intrinsics, render_views, splat_points
 from fourdnex_core.geometry.trajectories import dolly, offset_path, orbit, point_ahead
 from fourdnex_core.video_io import frame_to_uint8, write_frames, write_video
 
@@ -93,7 +93,75 @@ def test_splatting_matches_a_painters_algorithm(point_size):
                              IDENTITY, 20, 24, point_size)
     owner = reference_splat(points.astype(np.float32), small.numpy(), 20, 24, point_size)
     np.testing.assert_array_equal(rendering.coverage.numpy(), owner >= 0)
+    np.testing.assert_array_equal(rendering.holes.numpy(), owner < 0)
     np.testing.assert_array_equal(frame_to_uint8(rendering.image)[owner >= 0], palette[owner[owner >= 0]])
+
+
+# A wall of points at depth 4 with a box face at depth 2 in front of it (rows 10-19, columns 15-24), one point
+# on every pixel centre of a 30 x 40 view: only what the reference camera sees, so moving the camera uncovers
+# pixels no point lands on. K: f = 100, principal point at pixel (0, 0), so u = 100 x / z exactly.
+BOX_ROWS, BOX_COLUMNS, WALL_Z, BOX_Z = slice(10, 20), slice(15, 25), 4.0, 2.0
+SCENE_K = torch.tensor([[100.0, 0.0, 0.0], [0.0, 100.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def wall_and_box() -> tuple[torch.Tensor, torch.Tensor]:
+    """points [30 * 40, 3] and colours (wall grey, box red) of the reference view's pixels."""
+    depth = np.full((30, 40), WALL_Z)
+    depth[BOX_ROWS, BOX_COLUMNS] = BOX_Z
+    rows, columns = np.mgrid[0:30, 0:40]
+    points = np.stack([columns * depth / 100.0, rows * depth / 100.0, depth], -1).reshape(-1, 3)
+    rgb = np.where((depth == BOX_Z)[..., None], RED, (128, 128, 128)).reshape(-1, 3).astype(np.uint8)
+    return torch.tensor(points, dtype=torch.float32), torch.from_numpy(rgb)
+
+
+def camera_moved_right(baseline: float) -> torch.Tensor:
+    world2cam = torch.eye(4)
+    world2cam[0, 3] = -baseline
+    return world2cam
+
+
+@pytest.mark.parametrize("baseline, wall_shift, box_shift", [(0.0, 0, 0), (0.08, 2, 4), (0.16, 4, 8), (0.24, 6, 12)])
+def test_holes_are_the_pixels_the_moved_camera_sees_no_point_on(baseline, wall_shift, box_shift):
+    """Moving right by b shifts the wall 100 b / 4 and the box 100 b / 2 columns left: the wall's last columns
+    and a strip right of the box, which the reference camera never saw, are holes."""
+    points, rgb = wall_and_box()
+    rendering = splat_points(points, rgb, SCENE_K, camera_moved_right(baseline), 30, 40)
+    expected = np.zeros((30, 40), bool)
+    expected[:, 40 - wall_shift:] = True  # beyond the wall's edge
+    expected[BOX_ROWS, 25 - box_shift:25 - wall_shift] = True  # disoccluded: behind the box, seen by no input view
+    np.testing.assert_array_equal(rendering.holes.numpy(), expected)
+    assert int(rendering.holes.sum()) == 30 * wall_shift + 10 * (box_shift - wall_shift)  # 0, 80, 160, 240
+    box = np.zeros((30, 40), bool)
+    box[BOX_ROWS, 15 - box_shift:25 - box_shift] = True
+    depth = rendering.depth.numpy()
+    np.testing.assert_allclose(depth[box], BOX_Z, rtol=1e-6)
+    np.testing.assert_allclose(depth[~box & ~expected], WALL_Z, rtol=1e-6)
+    assert np.isinf(depth[expected]).all()
+    np.testing.assert_array_equal(frame_to_uint8(rendering.image)[box], np.broadcast_to(RED, (box.sum(), 3)))
+
+
+@pytest.mark.parametrize("point_size, expected_holes", [(1, 80), (2, 39), (3, 30)])
+def test_larger_splats_cover_thin_holes(point_size, expected_holes):
+    """The 2-column strip (rows 10-19) and the 2 edge columns of a 0.08 move. A 2-pixel splat covers its pixel
+    and the next row and column: 1 edge column is left (30), and of the strip 1 column without its top row,
+    which the wall points of row 9 reach (9). A 3-pixel splat (one either side) leaves the last column (30)."""
+    points, rgb = wall_and_box()
+    rendering = splat_points(points, rgb, SCENE_K, camera_moved_right(0.08), 30, 40, point_size)
+    assert int(rendering.holes.sum()) == expected_holes
+    if point_size == 3:
+        assert rendering.holes[:, 39].all() and not rendering.holes[:, :39].any()
+
+
+def test_hole_area_grows_as_the_camera_orbits_around_the_box():
+    points, rgb = wall_and_box()
+    box_centre = torch.tensor([19.5 * BOX_Z / 100, 14.5 * BOX_Z / 100, BOX_Z], dtype=torch.float64)
+    poses = orbit(torch.eye(4, dtype=torch.float64), box_centre, 5, arc_degrees=40.0)[2:]  # 0, 10, 20 degrees
+    renderings = list(render_views([PointCloud(points.numpy(), rgb.numpy())], SCENE_K, poses, 30, 40, progress=False))
+    holes = [int(rendering.holes.sum()) for rendering in renderings]
+    assert holes[0] == 0 and 0 < holes[1] < holes[2], holes
+    batch = Rendering.stack(renderings)
+    assert batch.image.shape == (3, 30, 40, 3) and batch.depth.shape == (3, 30, 40)
+    assert batch.holes.sum(dim=(1, 2)).tolist() == holes
 
 
 def test_background_colour_and_points_behind_or_outside_the_camera():

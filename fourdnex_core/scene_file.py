@@ -7,15 +7,17 @@ analysis step ever changes:
 key           shape / dtype       meaning
 ============  ==================  ========================================================
 rgb           [F, H, W, 3] uint8  RGB frames
-xyz           [F, H, W, 3] f32    point maps in scene units (first camera's frame)
+xyz           [F, H, W, 3] f32    the point maps as generated (or supplied), in scene units
+                                  (first camera's frame): what post-optimization fits, and
+                                  never the registered points (below), whoever wrote the file
 mask          [F, H, W] bool      optional validity from the producer or the user (False
                                   drops a point: known sky, a bad region)
 confidence    [F, H, W] f32       optional per-point confidence >= 0 (0 or NaN: invalid);
                                   weights post-optimization, filters point clouds
 ============  ==================  ========================================================
 
-Derived by post-optimization (``fourdnex postopt`` rewrites all of them on every run, from the
-inputs above, so a run with other settings starts from the same points):
+Derived by post-optimization (``fourdnex postopt`` and the Post-Optimize node write all of them,
+from the inputs above, so a run with other settings starts from the same points):
 
 ============  ==================  ========================================================
 depth         [F, H, W] f32       per-pixel depth along the camera z axis (0: not used)
@@ -26,6 +28,20 @@ residuals     [F] f32             post-optimization fit error per frame (scene u
 valid         [F, H, W] bool      the points the fit used: finite xyz, inside ``mask``,
                                   confidence at least that run's threshold
 ============  ==================  ========================================================
+
+The registered (post-optimized) points are not stored: they are ``depth`` back-projected
+through ``K`` and ``cams2world`` (``R K^-1 d [u, v, 1] + t``), which is what the point clouds,
+exports and renders of a post-optimized scene use
+(:func:`~fourdnex_core.geometry.pointcloud.frame_points`).
+
+``version`` (an integer scalar, :data:`SCENE_VERSION`) says which meaning the arrays have;
+:func:`save_scene` writes it. Files without it are version 1, from before ``xyz`` had one
+meaning: 4DNeX Save stored the registered points in ``xyz`` and the fit's selection in
+``mask``, and early ``fourdnex postopt`` runs wrote that selection back into ``mask`` too. A
+version-1 file with cameras and no ``valid`` is read with its ``mask`` as ``valid`` (a derived
+selection, not the user's), so point clouds show the same points and a new post-optimization
+starts from all of them; its ``xyz`` is read as it is (a 4DNeX Save file's registered points
+agree with its cameras; the generated ones were not kept). A file of a newer version is refused.
 
 Only ``rgb`` and ``xyz`` are required. Reading checks each array's shape and dtype (``rgb``
 uint8, ``mask`` and ``valid`` bool, the rest floating point).
@@ -44,6 +60,8 @@ _DTYPES = {"rgb": np.uint8, "xyz": np.float32, "depth": np.float32, "K": np.floa
            "cams2world": np.float32, "mask": np.bool_, "residuals": np.float32, "confidence": np.float32,
            "valid": np.bool_}
 _BOOL = ("mask", "valid")
+SCENE_VERSION = 2  # the file format's version (the module docstring); 1: files without ``version``
+_DERIVED = ("depth", "K", "cams2world", "residuals", "valid")
 
 
 @dataclasses.dataclass
@@ -129,7 +147,7 @@ def save_scene(scene: Scene, path: str | Path) -> Path:
     interrupted write leaves the earlier file at ``path`` as it was."""
     path = Path(path)
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        np.savez_compressed(handle, **scene.arrays())
+        np.savez_compressed(handle, version=np.int32(SCENE_VERSION), **scene.arrays())
     return path
 
 
@@ -148,6 +166,7 @@ def load_scene(path: str | Path) -> Scene:
         ) from error
     except Exception as error:  # zipfile.BadZipFile, OSError, EOFError
         raise ValueError(f"{path} could not be read as a scene .npz file ({error}); it may be truncated.") from error
+    version = _version(path, arrays.pop("version", None))
     missing = [key for key in ("rgb", "xyz") if key not in arrays]
     if missing:
         raise ValueError(f"{path} has no {', '.join(missing)} array; a scene needs rgb and xyz.")
@@ -155,7 +174,23 @@ def load_scene(path: str | Path) -> Scene:
     if unknown:
         raise ValueError(f"{path} holds unknown arrays {unknown}; expected a subset of {sorted(_DTYPES)}.")
     _check_dtypes(path, arrays)
+    if version == 1 and "valid" not in arrays and "mask" in arrays and any(key in arrays for key in _DERIVED):
+        arrays["valid"] = arrays.pop("mask")  # the fit's selection, written into mask before `valid` existed
     return Scene(**arrays)
+
+
+def _version(path: Path, value: np.ndarray | None) -> int:
+    """The file's format version (1 when it has none); a ValueError for a newer or malformed one."""
+    if value is None:
+        return 1
+    if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+        raise ValueError(f"{path}: version must be one integer, got {value.dtype} {value.shape}; it is not a scene "
+                         "file this pack wrote.")
+    version = int(value)
+    if not 1 <= version <= SCENE_VERSION:
+        raise ValueError(f"{path} is a version-{version} scene file; this pack reads versions 1 to {SCENE_VERSION}. "
+                         "Update ComfyUI-4DNeX to read it.")
+    return version
 
 
 def _check_dtypes(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from fourdnex_core.geometry.export_cameras import CameraSet, write_cameras_json
+from fourdnex_core.geometry.export_cameras import write_cameras_json
 from fourdnex_core.geometry.export_glb import write_glb
 from fourdnex_core.geometry.export_ply import write_ply
 from fourdnex_core.geometry.export_viewer import write_viewer_points
-from fourdnex_core.geometry.point_maps import depth_image, point_maps_from_postopt, point_maps_from_scene, scene_from
+from fourdnex_core.geometry.point_maps import camera_set, depth_image, point_maps_from_postopt, point_maps_from_scene
+from fourdnex_core.geometry.point_maps import scene_from
 from fourdnex_core.geometry.pointcloud import PointFilter
 from fourdnex_core.geometry.postopt import post_optimize
 from fourdnex_core.geometry.postopt.models import CAMERA_MODEL_CHOICES
@@ -215,7 +216,7 @@ class FourDNeXSave:
         if save_glb:
             written.append(write_glb(folder / f"{stem}.glb", point_clouds.clouds(), fps))
         if save_cameras and scene.K is not None and scene.cams2world is not None:
-            cameras = CameraSet(scene.K, scene.cams2world, scene.rgb.shape[2], scene.rgb.shape[1])
+            cameras = camera_set(scene)
             written.append(write_cameras_json(folder / f"{stem}cameras.json", cameras))
         relative = [p.resolve().relative_to(root.resolve()).as_posix() for p in written]
         scene_file = relative[0] if save_scene else ""

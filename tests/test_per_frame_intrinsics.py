@@ -13,7 +13,8 @@ from fourdnex_core.geometry.export_cameras import (
     write_cameras_json,
     write_transforms_json,
 )
-from fourdnex_core.geometry.point_maps import PointMaps, point_maps_from_postopt, point_maps_from_scene, scene_from
+from fourdnex_core.geometry.point_maps import PointMaps, camera_set, point_maps_from_postopt, point_maps_from_scene
+from fourdnex_core.geometry.point_maps import scene_from
 from fourdnex_core.geometry.pointcloud import PointCloud, frame_points, unproject_depth
 from fourdnex_core.geometry.postopt import post_optimize
 from fourdnex_core.geometry.render import fit_intrinsics, render_views
@@ -51,7 +52,7 @@ def test_camera_files_round_trip_a_k_per_frame(tmp_path):
     np.testing.assert_array_equal(read_cameras_json(tmp_path / "cameras.json").K, cameras.K)
     names = [f"images/{index}.png" for index in range(FRAMES)]
     data = json.loads(write_transforms_json(tmp_path / "transforms.json", cameras, names).read_text())
-    assert data["frames"][4]["fl_y"] == pytest.approx(46.5) and data["frames"][4]["cx"] == 17.5
+    assert data["frames"][4]["fl_y"] == pytest.approx(46.5) and data["frames"][4]["cx"] == 18.0  # centres at +0.5
     back, _ = read_transforms_json(tmp_path / "transforms.json")
     np.testing.assert_allclose(back.K, cameras.K)
     with pytest.raises(ValueError, match=r"\[3, 3\] or \[5, 3, 3\]"):
@@ -96,4 +97,4 @@ def test_a_zoom_travels_from_post_optimization_to_the_scene_and_back_to_points()
     valid = result.valid[2].numpy()
     np.testing.assert_allclose(frame_points(scene, 2)[valid], truth.xyz[2].numpy()[valid], rtol=1e-4, atol=1e-4)
     _, loaded = point_maps_from_scene(scene)
-    assert loaded.K.shape == (FRAMES, 3, 3) and loaded.camera_set().per_frame
+    assert loaded.K.shape == (FRAMES, 3, 3) and camera_set(scene_from(maps, loaded)).per_frame

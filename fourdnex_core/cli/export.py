@@ -18,9 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fourdnex_core.geometry.export_cameras import CameraSet, write_cameras_json, write_transforms_json
+from fourdnex_core.geometry.export_cameras import write_cameras_json, write_transforms_json
 from fourdnex_core.geometry.export_glb import GlbPointsWriter
 from fourdnex_core.geometry.export_ply import write_ply
+from fourdnex_core.geometry.point_maps import camera_set
 from fourdnex_core.geometry.pointcloud import PointFilter, ScenePointClouds
 from fourdnex_core.scene_file import Scene, load_scene
 from fourdnex_core.video_io import write_frames
@@ -63,14 +64,6 @@ def point_filter_from_args(args: argparse.Namespace) -> PointFilter:
                        outlier_std_ratio=args.outlier_std or None)
 
 
-def scene_cameras(scene: Scene, source: Path) -> CameraSet:
-    """The scene's recovered cameras, or a clear error when post-optimization has not run."""
-    if scene.K is None or scene.cams2world is None:
-        raise ValueError(f"{source} has no cameras (K, cams2world); run `fourdnex postopt` on it first.")
-    height, width = scene.rgb.shape[1:3]
-    return CameraSet(scene.K, scene.cams2world, width, height)
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "export", help="write a scene's point clouds (PLY, GLB) and cameras (JSON)",
@@ -96,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     has_cameras = scene.K is not None and scene.cams2world is not None
     chosen = args.ply or args.glb or args.cameras
     write_ply_files, write_glb_file = (args.ply, args.glb) if chosen else (True, True)
-    cameras = scene_cameras(scene, source) if args.cameras or (not chosen and has_cameras) else None
+    cameras = camera_set(scene, source) if args.cameras or (not chosen and has_cameras) else None
     if args.fps < 0:
         raise ValueError(f"--fps must be >= 0, got {args.fps}.")
     clouds = ScenePointClouds(scene, point_filter_from_args(args), args.max_points, args.downsample)

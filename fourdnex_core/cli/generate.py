@@ -11,12 +11,10 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from ..atomic_write import atomic_path, check_output_folder
 from ..image_io import load_image
 from ..devices import DTYPES, resolve_device, resolve_dtype
+from ..geometry.point_maps import PointMaps, scene_from
 from ..job_size import check_job_fits
 from ..loading.detect import inspect_transformer
 from ..model_set import ModelLocations, load_pipeline
@@ -25,9 +23,9 @@ from ..pipeline import GenerationResult
 from ..presets import PRESETS, negative_prompt_text
 from ..representation import check_video_size, xyz_image
 from ..sampler import SamplingSettings
-from ..scene_file import Scene, save_scene
+from ..scene_file import save_scene
 from ..schedulers import SAMPLERS, SCHEDULES
-from ..video_io import frame_to_uint8, write_video
+from ..video_io import write_video
 from .memory_args import add_memory_arguments, embedding_cache, memory_options
 
 OUTPUT_FILES = ("rgb.mp4", "xyz.mp4", "scene.npz", "run.json")
@@ -108,14 +106,9 @@ def write_outputs(out: Path, result: GenerationResult, settings: dict, fps: floa
     xyz = result.xyz.cpu().float()
     write_video(out / "rgb.mp4", rgb.numpy(), fps)
     write_video(out / "xyz.mp4", xyz_image(xyz).numpy(), fps)
-    save_scene(Scene(rgb=frame_batch_to_uint8(rgb), xyz=xyz.numpy()), out / "scene.npz")
+    save_scene(scene_from(PointMaps(xyz=xyz, rgb=rgb)), out / "scene.npz")
     with atomic_path(out / "run.json") as temporary:
         temporary.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def frame_batch_to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """[F, H, W, 3] floats in [0, 1] -> uint8 array."""
-    return np.stack([frame_to_uint8(frame) for frame in frames.numpy()])
 
 
 def run_settings(args: argparse.Namespace, result: GenerationResult, seconds: float) -> dict:

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from fourdnex_core.cli.export import SCENE_FILE, scene_path
+from fourdnex_core.geometry.point_maps import cameras_from_postopt, scene_with_cameras
 from fourdnex_core.geometry.pointcloud import confidence_within_mask
 from fourdnex_core.geometry.postopt import PostOptResult, post_optimize
 from fourdnex_core.scene_file import Scene, load_scene, save_scene
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         bar.total = bar.n  # converged early: show the bar complete
         bar.refresh()
     elapsed = time.perf_counter() - started
-    save_scene(_with_cameras(scene, result), path)
+    save_scene(scene_with_cameras(scene, cameras_from_postopt(result)), path)
     _print_summary(result, elapsed, path)
     return 0
 
@@ -97,17 +98,6 @@ def _step_bar(bar: tqdm) -> Callable[[int, float], None]:
         bar.update(iteration - bar.n)
         bar.set_postfix(cost=f"{cost:.3e}", refresh=False)
     return step
-
-
-def _with_cameras(scene: Scene, result: PostOptResult) -> Scene:
-    return dataclasses.replace(
-        scene,
-        depth=result.depth.numpy(),
-        K=result.scene_K.numpy(),
-        cams2world=result.cams2world.numpy(),
-        valid=result.valid.numpy(),
-        residuals=result.residuals.numpy(),
-    )
 
 
 def _print_summary(result: PostOptResult, elapsed: float, path: Path) -> None:

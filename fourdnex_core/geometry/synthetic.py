@@ -24,11 +24,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import torch
 
 from fourdnex_core.geometry.cameras import backproject, cams2world_matrix, intrinsics_matrix, pixel_rays
 from fourdnex_core.geometry.cameras import principal_point_at_centre
+from fourdnex_core.geometry.point_maps import PointMaps, scene_from
 from fourdnex_core.scene_file import Scene
 
 _GROUND_Y = 1.0          # ground plane y (y points down), relative to the scene's origin
@@ -70,8 +70,7 @@ class SyntheticScene:
 
     def to_scene_file(self) -> Scene:
         """The observed RGB and XYZ as a :class:`~fourdnex_core.scene_file.Scene` (no cameras yet)."""
-        rgb = (self.rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        return Scene(rgb=rgb, xyz=self.xyz.detach().cpu().numpy().astype(np.float32))
+        return scene_from(PointMaps(xyz=self.xyz, rgb=self.rgb))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import diffusers
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, WanTransformer3DModel, WanVACETransformer3DModel
 from transformers import CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderModel
 
 from .atomic_write import atomic_path
@@ -70,6 +70,16 @@ NATIVE_TRANSFORMER_CONFIG = dict(
     ffn_dim=512, num_layers=2, image_dim=1280, added_kv_proj_dim=256, cross_attn_norm=True,
     qk_norm="rms_norm_across_heads", eps=1e-6,
 )
+# The smallest Wan2.1 VACE (text-to-video + control) that ComfyUI's detection takes as WAN21_Vace: the
+# native transformer's width without the image inputs, and 2 VACE blocks (ComfyUI counts them and
+# adds block i's hint after main block i, vace_layers = [0, 1]) reading the 96 control channels
+# (WanVaceToVideo's 16 inactive + 16 reactive latent channels + 64 mask channels).
+NATIVE_VACE_CONFIG = dict(
+    num_attention_heads=2, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
+    ffn_dim=512, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+    vace_layers=[0, 1], vace_in_channels=96,
+)
+NATIVE_VACE_FILE = "diffusion_models/wan2.1_vace_14B_fp16.safetensors"  # Comfy-Org/Wan_2.1_ComfyUI_repackaged's name
 TINY_VAE_CONFIG = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
                        temperal_downsample=[False, True, True])
 TINY_LORA_RANK = 4
@@ -131,7 +141,7 @@ def make_tiny_models(root: str | Path, *, seed: int = 0, full_size_encoders: boo
     folder is skipped. ``native`` (implies ``full_size_encoders``) also makes every ComfyUI file
     loadable by ComfyUI's own loaders: the transformer is :data:`NATIVE_TRANSFORMER_CONFIG` and the
     VAE the full-size Wan2.1 VAE (random, 0.5 GB in fp32), the sizes ``UNETLoader`` and
-    ``VAELoader`` detect.
+    ``VAELoader`` detect; and a small Wan2.1 VACE (:func:`write_native_vace`) for workflow 7.
     """
     tiny = TinyModelSet(Path(root))
     full_size_encoders = full_size_encoders or native
@@ -160,11 +170,23 @@ def make_tiny_models(root: str | Path, *, seed: int = 0, full_size_encoders: boo
 
     save_transformer_single_file(transformer, models / COMFY_FILES["transformer"], dtype=torch.bfloat16, prefix=True)
     save_vae_single_file(vae, models / COMFY_FILES["vae"])
+    if native:
+        write_native_vace(models, seed=seed)
     tiny.comfy_lora.parent.mkdir(parents=True, exist_ok=True)
     convert_release_lora(tiny.diffusers_lora / RELEASED_LORA_FILE,
                          tiny.diffusers_lora / RELEASED_DOMAIN_EMBEDDINGS_FILE, tiny.comfy_lora, overwrite=True)
     logger.info("tiny 4DNeX model set written to %s", tiny.root)
     return tiny
+
+
+def write_native_vace(comfy_models: str | Path, *, seed: int = 0) -> Path:
+    """Write :data:`NATIVE_VACE_FILE` under a ComfyUI ``models/`` folder: a random-weight
+    :data:`NATIVE_VACE_CONFIG` Wan2.1 VACE in the original key layout (``model.diffusion_model.``
+    prefix, ``vace_blocks.{i}.before_proj`` ...), fp16, 10 MB; it pairs with the native set's UMT5-XXL
+    and VAE. Returns the file's path."""
+    torch.manual_seed(seed)
+    vace = WanVACETransformer3DModel(**NATIVE_VACE_CONFIG).eval()
+    return save_transformer_single_file(vace, Path(comfy_models) / NATIVE_VACE_FILE, dtype=torch.float16, prefix=True)
 
 
 def _save_diffusers_pipeline(folder: Path, components: dict) -> None:

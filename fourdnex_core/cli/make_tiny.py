@@ -27,8 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--native", action="store_true",
         help="make every ComfyUI file loadable by ComfyUI's own loaders too (UNETLoader, VAELoader, CLIPLoader, "
-             "CLIPVisionLoader), for the native workflow 6: a small Wan2.1 I2V of width 256 (ComfyUI derives heads "
-             "as width // 128) and the full-size Wan2.1 VAE with random weights; implies --full-size-encoders.",
+             "CLIPVisionLoader), for the native workflows 6 and 7: a small Wan2.1 I2V of width 256 (ComfyUI derives "
+             "heads as width // 128), a small Wan2.1 VACE beside it (diffusion_models/wan2.1_vace_14B_fp16.safetensors, "
+             "taken as WAN21_Vace) and the full-size Wan2.1 VAE with random weights; implies --full-size-encoders.",
     )
     return parser
 

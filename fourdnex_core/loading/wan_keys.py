@@ -21,6 +21,7 @@ ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 # (original module path, diffusers module path) for modules outside the blocks.
 _TOP_LEVEL = (
     ("patch_embedding", "patch_embedding"),
+    ("vace_patch_embedding", "vace_patch_embedding"),  # Wan2.1 VACE
     ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
     ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
     ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
@@ -58,11 +59,18 @@ _IN_BLOCK = (
     ("modulation", "scale_shift_table"),
 )
 
+# Wan2.1 VACE's ``vace_blocks.{i}``: a block's modules plus the projections into and out of it.
+_IN_VACE_BLOCK = _IN_BLOCK + (("before_proj", "proj_in"), ("after_proj", "proj_out"))
+
 _ORIGINAL_TO_DIFFUSERS_TOP = dict(_TOP_LEVEL)
 _DIFFUSERS_TO_ORIGINAL_TOP = {d: o for o, d in _TOP_LEVEL}
 _ORIGINAL_TO_DIFFUSERS_BLOCK = dict(_IN_BLOCK)
 _DIFFUSERS_TO_ORIGINAL_BLOCK = {d: o for o, d in _IN_BLOCK}
-_BLOCK_PATH = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# {block list name: {path inside a block: mapped path}}, each way
+_ORIGINAL_TO_DIFFUSERS_BLOCKS = {"blocks": _ORIGINAL_TO_DIFFUSERS_BLOCK, "vace_blocks": dict(_IN_VACE_BLOCK)}
+_DIFFUSERS_TO_ORIGINAL_BLOCKS = {"blocks": _DIFFUSERS_TO_ORIGINAL_BLOCK,
+                                 "vace_blocks": {d: o for o, d in _IN_VACE_BLOCK}}
+_BLOCK_PATH = re.compile(r"^(blocks|vace_blocks)\.(\d+)\.(.+)$")
 
 
 def strip_original_prefix(name: str) -> str:
@@ -73,16 +81,17 @@ def strip_original_prefix(name: str) -> str:
     return name
 
 
-def _map_path(path: str, top: dict[str, str], in_block: dict[str, str]) -> str | None:
+def _map_path(path: str, top: dict[str, str], in_block: dict[str, dict[str, str]]) -> str | None:
     match = _BLOCK_PATH.match(path)
     if match:
-        index, rest = match.groups()
-        mapped = in_block.get(rest)
-        return None if mapped is None else f"blocks.{index}.{mapped}"
+        blocks, index, rest = match.groups()
+        mapped = in_block[blocks].get(rest)
+        return None if mapped is None else f"{blocks}.{index}.{mapped}"
     return top.get(path)
 
 
-def _split_param(name: str, module_paths: dict[str, str], in_block: dict[str, str]) -> tuple[str, str] | None:
+def _split_param(name: str, module_paths: dict[str, str],
+                 in_block: dict[str, dict[str, str]]) -> tuple[str, str] | None:
     """Split ``a.b.c.weight`` into the longest known module path and the rest (``weight``)."""
     parts = name.split(".")
     for cut in range(len(parts), 0, -1):
@@ -101,15 +110,16 @@ def original_to_diffusers(name: str) -> str | None:
     >>> original_to_diffusers("model.diffusion_model.blocks.3.self_attn.q.weight")
     'blocks.3.attn1.to_q.weight'
     """
-    return _rename(strip_original_prefix(name), _ORIGINAL_TO_DIFFUSERS_TOP, _ORIGINAL_TO_DIFFUSERS_BLOCK)
+    return _rename(strip_original_prefix(name), _ORIGINAL_TO_DIFFUSERS_TOP, _ORIGINAL_TO_DIFFUSERS_BLOCKS)
 
 
 def diffusers_to_original(name: str) -> str | None:
-    """Map a diffusers ``WanTransformer3DModel`` key to the original Wan name (no prefix)."""
-    return _rename(name, _DIFFUSERS_TO_ORIGINAL_TOP, _DIFFUSERS_TO_ORIGINAL_BLOCK)
+    """Map a diffusers ``WanTransformer3DModel`` (or ``WanVACETransformer3DModel``) key to the original Wan
+    name (no prefix)."""
+    return _rename(name, _DIFFUSERS_TO_ORIGINAL_TOP, _DIFFUSERS_TO_ORIGINAL_BLOCKS)
 
 
-def _rename(name: str, top: dict[str, str], in_block: dict[str, str]) -> str | None:
+def _rename(name: str, top: dict[str, str], in_block: dict[str, dict[str, str]]) -> str | None:
     split = _split_param(name, top, in_block)
     if split is None:
         return None

@@ -8,6 +8,7 @@ from fourdnex_core.geometry.export_cameras import write_cameras_json
 from fourdnex_core.geometry.export_glb import write_glb
 from fourdnex_core.geometry.export_ply import write_ply
 from fourdnex_core.geometry.export_viewer import write_viewer_points
+from fourdnex_core.geometry.keyframes import KEYFRAME_TRAJECTORIES, keyframe_trajectory, parse_keyframes
 from fourdnex_core.geometry.point_maps import camera_set, depth_image, point_maps_from_postopt, point_maps_from_scene
 from fourdnex_core.geometry.point_maps import scene_from
 from fourdnex_core.geometry.pointcloud import PointFilter
@@ -137,20 +138,31 @@ class FourDNeXPointCloudPreview:
                                          "tooltip": "Width of the rendered IMAGE; 0 is the scene's."}),
                 "render_height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
                                           "tooltip": "Height of the rendered IMAGE; 0 is the scene's."}),
+                "camera_keyframes": ("STRING", {
+                    "default": "", "tooltip": "Views stored with the viewer's 'add view' button (JSON: OpenCV "
+                                              "cam2world + vertical field of view per view; 'clear views' empties "
+                                              "it). Saved with the workflow."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("rendered", "model_file")
+    RETURN_TYPES = ("IMAGE", "STRING", "FOURDNEX_CAMERA_PATH")
+    RETURN_NAMES = ("rendered", "model_file", "camera_path")
+    OUTPUT_TOOLTIPS = ("The clouds rendered from the recovered cameras (or an overview camera).",
+                       "The GLB's path under the output folder, for Preview3D.",
+                       "The viewer's keyframes, for 4DNeX Render Novel View (trajectory viewer-path or "
+                       "viewer-view).")
     OUTPUT_NODE = True
     FUNCTION = "preview"
     CATEGORY = "4DNeX/geometry"
     DESCRIPTION = ("An interactive 4D viewer in the node (orbit with the mouse, frame slider, play/pause, point size "
-                   "and budget). Also renders the clouds from the recovered cameras (or an overview camera) as an "
+                   "and budget; 'add view' stores the view as a camera keyframe for 4DNeX Render Novel View). Also "
+                   "renders the clouds from the recovered cameras (or an overview camera) as an "
                    "IMAGE batch, and writes a POINTS GLB whose path (model_file) ComfyUI's Preview3D can show.")
 
-    def preview(self, point_clouds, max_points, point_size, fps, render_width, render_height, unique_id=None):
+    def preview(self, point_clouds, max_points, point_size, fps, render_width, render_height, camera_keyframes="",
+                unique_id=None):
+        keyframes = parse_keyframes(camera_keyframes)  # bad text fails before any work
         scene = point_clouds.scene
         clouds = point_clouds.clouds(max_points)
         progress = comfy.Progress(2 * len(clouds), unique_id)
@@ -165,7 +177,8 @@ class FourDNeXPointCloudPreview:
         viewer = {"filename": name, "subfolder": VIEWER_SUBFOLDER, "type": "temp", "frames": len(clouds),
                   "fps": fps, "point_size": point_size, "max_points": max_points}
         model_file = f"3d/{glb_name}"
-        return {"ui": {"fourdnex_points": [viewer], "model_file": [model_file]}, "result": (rendered, model_file)}
+        return {"ui": {"fourdnex_points": [viewer], "model_file": [model_file]},
+                "result": (rendered, model_file, keyframes)}
 
 
 def _stepping(clouds, progress):
@@ -253,11 +266,14 @@ class FourDNeXRenderNovelView:
         return {
             "required": {
                 "point_clouds": ("POINTCLOUDS", {"tooltip": "Point clouds of a post-optimized scene (with cameras)."}),
-                "trajectory": (list(TRAJECTORIES), {"default": "orbit",
-                                                    "tooltip": "orbit around what the first camera looks at, dolly "
-                                                               "along its axis, the recovered path, or it offset."}),
+                "trajectory": (list(TRAJECTORIES + KEYFRAME_TRAJECTORIES), {
+                    "default": "orbit",
+                    "tooltip": "orbit around what the first camera looks at, dolly along its axis, the recovered "
+                               "path, or it offset; viewer-path: through the viewer's keyframes (camera_path), "
+                               "viewer-view: from its first keyframe."}),
                 "num_views": ("INT", {"default": 0, "min": 0, "max": 10000,
-                                      "tooltip": "Views for orbit and dolly; 0 is the scene's frame count."}),
+                                      "tooltip": "Views for orbit, dolly and the viewer's keyframes; 0 is the "
+                                                 "scene's frame count."}),
                 "arc_degrees": ("FLOAT", {"default": 30.0, "min": -360.0, "max": 360.0, "step": 1.0,
                                           "tooltip": "Orbit sweep, centred on the first camera."}),
                 "distance": ("FLOAT", {"default": 0.3, "min": -10.0, "max": 10.0, "step": 0.05,
@@ -278,6 +294,11 @@ class FourDNeXRenderNovelView:
                 "point_size": ("INT", {"default": 1, "min": 1, "max": 16,
                                        "tooltip": "Side of each point's square splat in pixels."}),
             },
+            "optional": {
+                "camera_path": ("FOURDNEX_CAMERA_PATH", {
+                    "tooltip": "Keyframes from the 4D viewer (4DNeX Point Cloud Preview's camera_path), followed "
+                               "by the viewer-path and viewer-view trajectories."}),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
@@ -296,20 +317,27 @@ class FourDNeXRenderNovelView:
                    "should fill, e.g. WanVaceToVideo's control_video + control_masks) and a depth IMAGE per view.")
 
     def render(self, point_clouds, trajectory, num_views, arc_degrees, distance, offset_x, offset_y, offset_z,
-               time_frame, width, height, point_size, unique_id=None):
+               time_frame, width, height, point_size, camera_path=None, unique_id=None):
         scene = point_clouds.scene
-        if scene.K is None or scene.cams2world is None:
+        size = scene.rgb.shape[1:3]
+        if trajectory in KEYFRAME_TRAJECTORIES:  # K at the output size: the viewer's vertical field of view kept
+            size = (height or size[0], width or size[1])
+            poses, K = keyframe_trajectory(camera_path, trajectory, num_views or scene.num_frames, *size)
+            logger.info("4DNeX Render Novel View: %s through %d keyframes, %d views", trajectory, len(camera_path),
+                        poses.shape[0])
+        elif scene.K is None or scene.cams2world is None:
             raise ValueError("The scene has no cameras; run 4DNeX Post-Optimize on the point maps first.")
-        poses = trajectory_poses(scene, trajectory, num_views or scene.num_frames, arc_degrees, distance,
-                           (offset_x, offset_y, offset_z))
+        else:
+            poses = trajectory_poses(scene, trajectory, num_views or scene.num_frames, arc_degrees, distance,
+                                     (offset_x, offset_y, offset_z))
+            K = views_intrinsics(scene.K, trajectory, poses.shape[0])
         clouds = point_clouds.clouds()
         if time_frame >= 0:
             if time_frame >= len(clouds):
                 raise ValueError(f"time_frame must be below the scene's {len(clouds)} frames, or -1.")
             clouds = [clouds[time_frame]]
         progress = comfy.Progress(poses.shape[0], unique_id)
-        K = views_intrinsics(scene.K, trajectory, poses.shape[0])
-        rendered = _render(clouds, K, poses, scene.rgb.shape[1:3], width, height, point_size, progress)
+        rendered = _render(clouds, K, poses, size, width, height, point_size, progress)
         depth = depth_image(rendered.depth, rendered.coverage)
         return (rendered.image, rendered.holes.float(), depth[..., None].expand(-1, -1, -1, 3).contiguous())
 

@@ -228,8 +228,9 @@ def test_post_optimize_outputs(optimized):
 
 def test_preview_writes_viewer_file_glb_and_renders(comfy_env, clouds):
     _, root = comfy_env
-    (rendered, model_file), ui = call("FourDNeXPointCloudPreview", point_clouds=clouds, max_points=1000,
-                                      point_size=2.0, fps=12.0, render_width=0, render_height=0)
+    (rendered, model_file, camera_path), ui = call("FourDNeXPointCloudPreview", point_clouds=clouds, max_points=1000,
+                                                   point_size=2.0, fps=12.0, render_width=0, render_height=0)
+    assert camera_path is None  # no keyframes stored
     assert rendered.shape == (FRAMES, HEIGHT, WIDTH, 3)
     viewer = ui["fourdnex_points"][0]
     header, viewer_clouds = read_viewer_points(root / "temp" / viewer["subfolder"] / viewer["filename"])
@@ -244,7 +245,7 @@ def test_preview_without_cameras_uses_an_overview_camera(generated):
     _, _, point_maps, _ = generated
     (point_clouds,) = call("FourDNeXPointClouds", point_maps=point_maps, max_points=0, downsample="stride",
                            edge_rtol=0.0, outlier_std=0.0, use_mask=True)
-    (rendered, _), _ = call("FourDNeXPointCloudPreview", point_clouds=point_clouds, max_points=1000, point_size=2.0,
+    (rendered, _, _), _ = call("FourDNeXPointCloudPreview", point_clouds=point_clouds, max_points=1000, point_size=2.0,
                             fps=24.0, render_width=32, render_height=16)
     assert rendered.shape == (FRAMES, 16, 32, 3) and float(rendered.max()) > 0  # the points are in view
     with pytest.raises(ValueError, match="Post-Optimize"):
@@ -330,6 +331,46 @@ def test_render_frozen_time_and_bad_frame(clouds):
     assert depth.shape == (2, HEIGHT, WIDTH, 3)
     with pytest.raises(ValueError, match="time_frame"):
         call("FourDNeXRenderNovelView", **args, time_frame=FRAMES)
+
+
+def _keyframe_render(clouds, keyframes_text, trajectory, num_views):
+    """Preview with the viewer's keyframe text, then Render Novel View along its camera_path (frame 0)."""
+    (_, _, camera_path), _ = call("FourDNeXPointCloudPreview", point_clouds=clouds, max_points=1000, point_size=2.0,
+                                  fps=24.0, render_width=0, render_height=0, camera_keyframes=keyframes_text)
+    return call("FourDNeXRenderNovelView", point_clouds=clouds, trajectory=trajectory, num_views=num_views,
+                arc_degrees=30.0, distance=0.3, offset_x=0.1, offset_y=0.0, offset_z=0.0, time_frame=0, width=0,
+                height=0, point_size=2, camera_path=camera_path)
+
+
+def test_render_follows_the_viewer_keyframes(synthetic_clouds):
+    from fourdnex_core.geometry.keyframes import keyframes_json
+
+    scene = synthetic_clouds.scene
+    K, poses = torch.from_numpy(scene.K).double(), torch.from_numpy(scene.cams2world).double()
+    K = K if K.ndim == 2 else K[0]
+    assert abs(K[0, 0] - K[1, 1]) < 1e-6 * K[1, 1] and abs(K[1, 2] - (HEIGHT - 1) / 2) < 1e-6  # a viewer camera
+    fov = torch.rad2deg(2 * torch.atan(HEIGHT / 2 / K[1, 1]))
+    # a keyframe at the scene's first camera, with its field of view, sees what the recovered path's first view does
+    (path_frames, _, _) = call("FourDNeXRenderNovelView", point_clouds=synthetic_clouds, trajectory="path",
+                               num_views=0, arc_degrees=30.0, distance=0.3, offset_x=0.1, offset_y=0.0, offset_z=0.0,
+                               time_frame=0, width=0, height=0, point_size=2)
+    text = keyframes_json(poses[[0, FRAMES - 1]], fov.expand(2))
+    fixed, fixed_holes, _ = _keyframe_render(synthetic_clouds, text, "viewer-view", 3)
+    assert fixed.shape == (3, HEIGHT, WIDTH, 3) and torch.equal(fixed[0], fixed[2])
+    torch.testing.assert_close(fixed[0], path_frames[0])
+    assert float(fixed_holes[0].mean()) < 0.5
+    # the interpolated path starts at the first keyframe and ends at the second, the scene's last camera
+    moving, _, _ = _keyframe_render(synthetic_clouds, text, "viewer-path", 4)
+    torch.testing.assert_close(moving[0], path_frames[0])
+    torch.testing.assert_close(moving[3], path_frames[FRAMES - 1])
+    assert not torch.equal(moving[1], moving[0]) and not torch.equal(moving[1], moving[3])
+
+
+def test_viewer_keyframes_bad_text_and_missing_path(synthetic_clouds):
+    with pytest.raises(ValueError, match="not JSON.*clear views"):
+        _keyframe_render(synthetic_clouds, '{"keyframes": [', "viewer-path", 3)
+    with pytest.raises(ValueError, match="needs camera keyframes.*add view"):
+        _keyframe_render(synthetic_clouds, "", "viewer-view", 3)
 
 
 def test_memory_options_node_gives_the_same_latent_with_block_swap(comfy_env, models, image, generated):

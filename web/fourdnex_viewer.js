@@ -3,12 +3,31 @@
 // temp folder and names it in its "fourdnex_points" UI output; this extension fetches it through
 // /view and shows it with three.js (bundled in ./lib, no network): orbit controls, a frame slider,
 // play/pause, point size and a point budget. Without WebGL it falls back to a 2D canvas.
+// "add view" stores the current camera as a keyframe in the node's camera_keyframes widget (saved with the
+// workflow; 4DNeX Render Novel View follows them): JSON read by fourdnex_core/geometry/keyframes.py, in the scene's
+// OpenCV axes. The points are drawn with y and z negated (F = diag(1, -1, -1)); three's camera looks down -z with
+// y up, so its matrixWorld M is the OpenCV camera-to-world F M F.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import * as THREE from "./lib/three-points.min.js";
 
 const NODE_TYPE = "FourDNeXPointCloudPreview";
 const MAGIC = "4DNXPTS1";
+const KEYFRAMES_WIDGET = "camera_keyframes";
+const CONVENTION = "opencv-cam2world";
+const FLIP = [1, -1, -1, 1];  // F = diag(1, -1, -1, 1): OpenCV <-> three axes
+
+function readKeyframes(text) {
+  if (!text || !text.trim()) return [];
+  try {
+    const list = JSON.parse(text).keyframes;
+    return Array.isArray(list) ? list : [];
+  } catch { return []; }
+}
+
+function keyframesText(list) {
+  return list.length ? JSON.stringify({ convention: CONVENTION, keyframes: list }) : "";
+}
 
 function parsePoints(buffer) {
   const bytes = new Uint8Array(buffer);
@@ -67,8 +86,19 @@ class PointViewer {
     this.frameLabel.style.cssText = "font:11px monospace;color:#ddd;min-width:52px";
     this.size = slider(0.5, 10, 0.5, 2);
     this.budget = slider(1, 100, 1, 100);
+    this.addView = document.createElement("button");
+    this.addView.textContent = "add view";
+    this.addView.title = "store this camera as a keyframe for 4DNeX Render Novel View (viewer-path / viewer-view)";
+    this.clearViews = document.createElement("button");
+    this.clearViews.textContent = "clear views";
+    this.viewsLabel = document.createElement("span");
+    this.viewsLabel.style.cssText = "font:11px monospace;color:#ddd";
+    this.onAddView = null; this.onClearViews = null;
+    this.addView.onclick = () => this.onAddView?.(this.keyframe());
+    this.clearViews.onclick = () => this.onClearViews?.();
     bar.append(this.play, control("frame", this.frame), this.frameLabel, control("size", this.size),
-      control("points %", this.budget));
+      control("points %", this.budget), this.addView, this.clearViews, this.viewsLabel);
+    this.setViewCount(0);
     this.root.append(this.view, bar);
 
     this.data = null; this.index = 0; this.playing = true; this.last = 0; this.fps = 24;
@@ -110,10 +140,14 @@ class PointViewer {
     const [cx, cy, cz] = this.data.header.center;
     const target = new THREE.Vector3(cx, -cy, -cz);
     const radius = this.data.header.radius || 1;
-    this.camera.near = radius / 1000; this.camera.far = radius * 100;
-    this.camera.position.set(target.x, target.y, target.z + radius * 1.8);
-    this.controls.target.copy(target);
-    this.controls.update();
+    const sameScene = this.sceneKey === JSON.stringify([this.data.header.center, radius]);
+    this.sceneKey = JSON.stringify([this.data.header.center, radius]);
+    if (!sameScene) {  // a re-run of the same scene (e.g. after "add view") keeps the camera where it was
+      this.camera.near = radius / 1000; this.camera.far = radius * 100;
+      this.camera.position.set(target.x, target.y, target.z + radius * 1.8);
+      this.controls.target.copy(target);
+      this.controls.update();
+    }
     this.show(0);
   }
 
@@ -139,6 +173,18 @@ class PointViewer {
     this.frame.value = String(index);
     this.frameLabel.textContent = `${index + 1}/${this.data.frames.length}`;
     this.status.textContent = `${count.toLocaleString()} points${this.webgl ? "" : " (2D fallback: no WebGL)"}`;
+  }
+
+  keyframe() {  // the camera shown, in the scene's OpenCV axes (see the top of this file)
+    this.camera.updateMatrixWorld();
+    const e = this.camera.matrixWorld.elements;  // column-major
+    const cam2world = [0, 1, 2, 3].map((r) => [0, 1, 2, 3].map((c) => FLIP[r] * FLIP[c] * e[c * 4 + r]));
+    return { cam2world, fov_y_degrees: this.camera.fov, aspect: this.camera.aspect, frame: this.index };
+  }
+
+  setViewCount(count) {
+    this.viewsLabel.textContent = `${count} view${count === 1 ? "" : "s"}`;
+    this.clearViews.disabled = count === 0;
   }
 
   animate(time) {
@@ -196,6 +242,21 @@ app.registerExtension({
       const widget = this.addDOMWidget("fourdnex_viewer", "fourdnex_viewer", this.fourdnexViewer.root,
         { serialize: false, hideOnZoom: false, getMinHeight: () => 320 });
       widget.serialize = false;  // not in the workflow's widgets_values either
+      const keyframes = this.widgets?.find((w) => w.name === KEYFRAMES_WIDGET);
+      if (keyframes) {  // shown as the viewer's "N views", edited by its buttons; its value is saved with the workflow
+        keyframes.hidden = true;
+        keyframes.computeSize = () => [0, -4];
+        const viewer = this.fourdnexViewer;
+        const store = (list) => {
+          keyframes.value = keyframesText(list);
+          keyframes.callback?.(keyframes.value);
+          viewer.setViewCount(list.length);
+          this.setDirtyCanvas?.(true, true);
+        };
+        viewer.onAddView = (keyframe) => store([...readKeyframes(keyframes.value), keyframe]);
+        viewer.onClearViews = () => store([]);
+        this.fourdnexKeyframes = keyframes;
+      }
       this.setSize([Math.max(this.size[0], 420), Math.max(this.size[1], 560)]);
       return result;
     };
@@ -208,6 +269,14 @@ app.registerExtension({
           this.fourdnexViewer.status.textContent = `viewer: ${error.message}`;
         });
       }
+    };
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function () {  // a loaded workflow: count its stored keyframes
+      const result = onConfigure?.apply(this, arguments);
+      if (this.fourdnexKeyframes && this.fourdnexViewer) {
+        this.fourdnexViewer.setViewCount(readKeyframes(this.fourdnexKeyframes.value).length);
+      }
+      return result;
     };
     const onRemoved = nodeType.prototype.onRemoved;
     nodeType.prototype.onRemoved = function () {

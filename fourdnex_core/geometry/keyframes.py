@@ -31,7 +31,7 @@ from fourdnex_core.geometry.trajectories import interpolate_keyframes
 
 KEYFRAME_TRAJECTORIES = ("viewer-path", "viewer-view")
 CONVENTION = "opencv-cam2world"
-_FIX = ("Press 'clear views' in the 4D viewer (4DNeX Point Cloud Preview) and 'add view' again, or write "
+_FIX = ("Press 'clear views' in the in-node 4D viewer and 'add view' again, or write "
         '{"keyframes": [{"cam2world": <4x4 camera-to-world, OpenCV axes>, "fov_y_degrees": 50}]}.')
 
 
@@ -129,8 +129,8 @@ def keyframe_trajectory(keyframes: CameraKeyframes | None, kind: str, num_views:
     if kind not in KEYFRAME_TRAJECTORIES:
         raise ValueError(f"Unknown keyframe trajectory {kind!r}; use one of {', '.join(KEYFRAME_TRAJECTORIES)}.")
     if keyframes is None:
-        raise ValueError(f"The {kind} trajectory needs camera keyframes: press 'add view' in the 4D viewer "
-                         "(4DNeX Point Cloud Preview), connect its camera_path output to camera_path, and queue.")
+        raise ValueError(f"The {kind} trajectory needs camera keyframes: press 'add view' in the in-node 4D "
+                         "viewer, pass its camera path (camera_path) to the render, and run again.")
     poses, focal = keyframes.cams2world, keyframes.focal_heights
     if kind == "viewer-view":
         poses, focal = poses[:1], focal[:1]

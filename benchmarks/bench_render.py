@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fourdnex_core.geometry.cameras import backproject
 from fourdnex_core.geometry.export_glb import GlbPointsWriter
 from fourdnex_core.geometry.export_ply import write_ply
-from fourdnex_core.geometry.pointcloud import PointCloud, unproject_depth
+from fourdnex_core.geometry.pointcloud import PointCloud
 from fourdnex_core.geometry.render import fit_intrinsics, splat_points
 
 
@@ -42,7 +43,7 @@ def synthetic_clouds(frames: int, height: int, width: int) -> tuple[list[PointCl
             + 0.01 * rng.standard_normal((height, width)).astype(np.float32)
         pose = np.eye(4, dtype=np.float32)
         pose[0, 3] = 0.01 * index
-        xyz = unproject_depth(depth, K, pose)
+        xyz = backproject(torch.from_numpy(depth), torch.from_numpy(K), torch.from_numpy(pose)).numpy()
         rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         clouds.append(PointCloud(xyz.reshape(-1, 3), rgb.reshape(-1, 3)))
         poses.append(pose)

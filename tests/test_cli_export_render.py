@@ -5,14 +5,15 @@ import json
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fourdnex_core.cli import build_parser, main
 from fourdnex_core.cli.render import trajectory_cameras
+from fourdnex_core.geometry.cameras import backproject
 from fourdnex_core.geometry.export_cameras import read_cameras_json, read_transforms_json
 from fourdnex_core.geometry.read_glb import read_glb
 from fourdnex_core.geometry.export_ply import read_ply
-from fourdnex_core.geometry.pointcloud import unproject_depth
 from fourdnex_core.scene_file import Scene, load_scene, save_scene
 
 FRAMES, H, W = 5, 24, 32
@@ -27,7 +28,7 @@ def make_scene() -> Scene:
     depth[:, 8:16, 10:20] = 1.5
     poses = np.stack([np.eye(4, dtype=np.float32)] * FRAMES)
     poses[:, 0, 3] = np.linspace(0.0, 0.2, FRAMES)
-    xyz = np.stack([unproject_depth(depth[i], K, poses[i]) for i in range(FRAMES)])
+    xyz = backproject(torch.from_numpy(depth), torch.from_numpy(K), torch.from_numpy(poses)).numpy()
     rgb = rng.integers(0, 256, (FRAMES, H, W, 3), dtype=np.uint8)
     return Scene(rgb, xyz, depth, K, poses, np.ones((FRAMES, H, W), bool), np.zeros(FRAMES, np.float32))
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fourdnex_core.geometry.cameras import backproject
 from fourdnex_core.geometry.export_cameras import (
     CameraSet,
     read_cameras_json,
@@ -15,7 +16,7 @@ from fourdnex_core.geometry.export_cameras import (
 )
 from fourdnex_core.geometry.point_maps import PointMaps, camera_set, point_maps_from_postopt, point_maps_from_scene
 from fourdnex_core.geometry.point_maps import scene_from
-from fourdnex_core.geometry.pointcloud import PointCloud, frame_points, unproject_depth
+from fourdnex_core.geometry.pointcloud import PointCloud, frame_points
 from fourdnex_core.geometry.postopt import post_optimize
 from fourdnex_core.geometry.render import fit_intrinsics, render_views
 from fourdnex_core.geometry.synthetic import make_synthetic_scene
@@ -66,7 +67,7 @@ def test_each_view_renders_with_its_own_k():
     for index in range(2):
         depth = rng.uniform(1.0, 3.0, (HEIGHT, WIDTH)).astype(np.float32)
         rgb = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-        xyz = unproject_depth(depth, K[index], np.eye(4))
+        xyz = backproject(torch.from_numpy(depth), torch.from_numpy(K[index]), torch.eye(4)).numpy()
         clouds.append(PointCloud(xyz.reshape(-1, 3), rgb.reshape(-1, 3)))
         images.append(rgb)
     renderings = list(render_views(clouds, torch.from_numpy(K), torch.eye(4).expand(2, 4, 4), HEIGHT, WIDTH,

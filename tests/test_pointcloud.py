@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+import torch
 
+from fourdnex_core.geometry.cameras import backproject
 from fourdnex_core.geometry.pointcloud import (
     PointCloud,
     PointFilter,
@@ -12,7 +14,6 @@ from fourdnex_core.geometry.pointcloud import (
     frame_point_cloud,
     limit_points,
     statistical_outlier_mask,
-    unproject_depth,
     valid_mask,
     voxel_downsample,
 )
@@ -34,6 +35,11 @@ def pose(rotation: np.ndarray, center: np.ndarray) -> np.ndarray:
     return matrix
 
 
+def depth_points(depth: np.ndarray, K: np.ndarray, cam2world: np.ndarray) -> np.ndarray:
+    """:func:`backproject` on numpy arrays: depth [H, W] -> scene points [H, W, 3] float32."""
+    return backproject(*(torch.as_tensor(array, dtype=torch.float32) for array in (depth, K, cam2world))).numpy()
+
+
 def random_rgb(seed: int = 0, frames: int | None = None) -> np.ndarray:
     shape = (H, W, 3) if frames is None else (frames, H, W, 3)
     return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
@@ -42,7 +48,7 @@ def random_rgb(seed: int = 0, frames: int | None = None) -> np.ndarray:
 def test_unprojected_points_project_back_to_their_pixels():
     depth = np.random.default_rng(1).uniform(1.0, 4.0, (H, W)).astype(np.float32)
     cam2world = pose(rotation_about_y(20.0), np.array([0.3, -0.2, 0.5]))
-    xyz = unproject_depth(depth, K, cam2world)
+    xyz = depth_points(depth, K, cam2world)
     camera = (xyz - cam2world[:3, 3]) @ cam2world[:3, :3]  # world -> camera: R^T (X - t)
     pixels = camera @ K.T
     uv = pixels[..., :2] / pixels[..., 2:]
@@ -53,9 +59,31 @@ def test_unprojected_points_project_back_to_their_pixels():
     np.testing.assert_allclose(camera_depth(xyz, cam2world), depth, rtol=1e-5)
 
 
+def test_backproject_takes_a_frame_or_a_clip_with_shared_or_per_frame_intrinsics():
+    depth = torch.from_numpy(np.random.default_rng(2).uniform(1.0, 4.0, (3, H, W)))
+    poses = torch.from_numpy(np.stack([pose(rotation_about_y(10.0 * i), np.array([0.1 * i, 0.0, 0.2]))
+                                       for i in range(3)]))
+    shared = torch.from_numpy(K)
+    zoom = shared * torch.tensor([1.0, 1.2, 1.5], dtype=torch.float64)[:, None, None]
+    zoom[:, 2, 2] = 1.0
+    for intrinsics in (shared, zoom):
+        clip = backproject(depth, intrinsics, poses)
+        assert clip.shape == (3, H, W, 3) and clip.dtype == torch.float64
+        for i in range(3):
+            torch.testing.assert_close(backproject(depth[i], intrinsics if intrinsics.ndim == 2 else intrinsics[i],
+                                                   poses[i]), clip[i])
+    assert not torch.allclose(backproject(depth, zoom, poses), backproject(depth, shared, poses))
+    with pytest.raises(ValueError, match="depth must be"):
+        backproject(depth[0, 0], shared, poses[0])
+    with pytest.raises(ValueError, match="cams2world must be \\[3, 4, 4\\]"):
+        backproject(depth, shared, poses[0])
+    with pytest.raises(ValueError, match="intrinsics must be"):
+        backproject(depth, zoom[:2], poses)
+
+
 def test_invalid_and_masked_points_are_dropped_with_their_colours():
     rgb = random_rgb()
-    xyz = unproject_depth(np.full((H, W), 2.0, np.float32), K, np.eye(4))
+    xyz = depth_points(np.full((H, W), 2.0, np.float32), K, np.eye(4))
     xyz[3, 4] = np.nan
     xyz[5, 6, 2] = np.inf
     mask = np.ones((H, W), bool)
@@ -69,7 +97,7 @@ def test_invalid_and_masked_points_are_dropped_with_their_colours():
 
 
 def test_low_confidence_filtering_drops_exactly_the_low_points():
-    xyz = unproject_depth(np.full((H, W), 2.0, np.float32), K, np.eye(4))
+    xyz = depth_points(np.full((H, W), 2.0, np.float32), K, np.eye(4))
     confidence = np.full((H, W), 0.9, np.float32)
     confidence[2, :5] = 0.1
     confidence[7, 3] = 0.0
@@ -88,7 +116,7 @@ def test_low_confidence_filtering_drops_exactly_the_low_points():
 
 def test_scene_clouds_use_the_confidence_inside_the_mask():
     frames = 2
-    xyz = np.stack([unproject_depth(np.full((H, W), 2.0, np.float32), K, np.eye(4))] * frames)
+    xyz = np.stack([depth_points(np.full((H, W), 2.0, np.float32), K, np.eye(4))] * frames)
     mask = np.ones((frames, H, W), bool)
     mask[0, 0] = False
     confidence = np.ones((frames, H, W), np.float32)
@@ -128,7 +156,7 @@ def test_depth_edge_mask_keeps_a_grazing_floor_and_ignores_nan():
 
 def test_statistical_outliers_are_the_displaced_points():
     depth = np.full((H, W), 3.0, np.float32)
-    xyz = unproject_depth(depth, K, np.eye(4))
+    xyz = depth_points(depth, K, np.eye(4))
     spikes = [(5, 7), (12, 20), (18, 3)]
     for row, column in spikes:
         xyz[row, column, 2] += 1.5
@@ -141,7 +169,7 @@ def test_statistical_outliers_are_the_displaced_points():
 
 def test_statistical_outliers_ignore_distance_and_slant():
     depth, floor_k = grazing_floor_depth(96, 128)
-    xyz = unproject_depth(depth, floor_k, np.eye(4))
+    xyz = depth_points(depth, floor_k, np.eye(4))
     valid = valid_mask(xyz)
     assert not statistical_outlier_mask(xyz, valid).any()  # a clean floor, near and far, loses nothing
     spikes = [(3, 10), (40, 100), (90, 60)]
@@ -154,7 +182,7 @@ def test_statistical_outliers_ignore_distance_and_slant():
 
 def test_most_outliers_go_even_when_they_are_many():
     rng = np.random.default_rng(5)
-    xyz = unproject_depth(rng.uniform(2.9, 3.1, (H, W)).astype(np.float32), K, np.eye(4))
+    xyz = depth_points(rng.uniform(2.9, 3.1, (H, W)).astype(np.float32), K, np.eye(4))
     thrown = rng.random((H, W)) < 0.05
     xyz[thrown] += rng.normal(scale=1.0, size=(thrown.sum(), 3)).astype(np.float32)
     outliers = statistical_outlier_mask(xyz, np.ones((H, W), bool))
@@ -163,7 +191,7 @@ def test_most_outliers_go_even_when_they_are_many():
 
 
 def test_statistical_outlier_mask_rejects_an_impossible_neighbour_count():
-    xyz = unproject_depth(np.ones((H, W), np.float32), K, np.eye(4))
+    xyz = depth_points(np.ones((H, W), np.float32), K, np.eye(4))
     with pytest.raises(ValueError, match=r"outlier_neighbors must be in 1\.\.8"):
         statistical_outlier_mask(xyz, np.ones((H, W), bool), num_neighbors=9, radius=1)
 
@@ -213,7 +241,7 @@ def test_scene_clouds_from_depth_and_from_xyz_agree():
     frames = 3
     depth = np.random.default_rng(3).uniform(2.0, 2.05, (frames, H, W)).astype(np.float32)
     poses = np.stack([pose(rotation_about_y(5.0 * i), np.array([0.1 * i, 0, 0])) for i in range(frames)])
-    xyz = np.stack([unproject_depth(depth[i], K, poses[i]) for i in range(frames)])
+    xyz = np.stack([depth_points(depth[i], K, poses[i]) for i in range(frames)])
     rgb = random_rgb(4, frames)
     with_cameras = ScenePointClouds(Scene(rgb, xyz + 10.0, depth, K, poses), NO_FILTER)
     points_only = ScenePointClouds(Scene(rgb, xyz), NO_FILTER)
@@ -227,7 +255,7 @@ def test_scene_clouds_apply_mask_filters_and_budget():
     frames = 2
     depth = np.full((frames, H, W), 2.0, np.float32)
     depth[:, :, W // 2:] = 6.0
-    xyz = np.stack([unproject_depth(d, K, np.eye(4)) for d in depth])
+    xyz = np.stack([depth_points(d, K, np.eye(4)) for d in depth])
     mask = np.ones((frames, H, W), bool)
     mask[1, :4] = False
     scene = Scene(random_rgb(5, frames), xyz, depth, K, np.stack([np.eye(4)] * frames), mask)

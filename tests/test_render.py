@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fourdnex_core.geometry.pointcloud import PointCloud, unproject_depth
+from fourdnex_core.geometry.cameras import backproject
+from fourdnex_core.geometry.pointcloud import PointCloud
 from fourdnex_core.geometry.render import Rendering, cloud_schedule, fit_intrinsics, render_views, splat_points
 from fourdnex_core.geometry.trajectories import dolly, offset_path, orbit, point_ahead
 from fourdnex_core.video_io import frame_to_uint8, write_frames, write_video
@@ -177,7 +178,7 @@ def test_rendering_a_depth_map_from_its_own_camera_reproduces_the_image():
     depth = rng.uniform(1.0, 3.0, (H, W)).astype(np.float32)
     rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     cam2world = pose(15.0, (0.3, 0.1, -0.2))
-    xyz = unproject_depth(depth, K.numpy(), cam2world.numpy())
+    xyz = backproject(torch.from_numpy(depth), K, cam2world.float()).numpy()
     cloud = PointCloud(xyz.reshape(-1, 3), rgb.reshape(-1, 3))
     (rendering,) = render_views([cloud], K, cam2world[None], H, W, progress=False)
     assert rendering.coverage.all()

@@ -67,19 +67,25 @@ def cams2world_matrix(rotation: torch.Tensor, translation: torch.Tensor) -> torc
 
 
 def backproject(depth: torch.Tensor, intrinsics: torch.Tensor, cams2world: torch.Tensor) -> torch.Tensor:
-    """World points seen at every pixel: ``R (d K^-1 [u, v, 1]) + t``.
+    """World points seen at every pixel: ``R (d K^-1 [u, v, 1]) + t``, the one unprojection of the project.
 
-    depth: [F, H, W]; intrinsics: [3, 3] or [F, 3, 3]; cams2world: [F, 4, 4].
-    Returns points: [F, H, W, 3].
+    depth: [..., H, W] camera z, e.g. a clip [F, H, W] or one frame [H, W]; intrinsics: [3, 3]
+    (shared) or [..., 3, 3] (one per frame); cams2world: [..., 4, 4] with depth's leading shape.
+    Returns points: [..., H, W, 3] in the promoted dtype of the inputs.
     """
-    if depth.ndim != 3:
-        raise ValueError(f"depth must be [F, H, W], got {tuple(depth.shape)}.")
-    frames, height, width = depth.shape
-    if cams2world.shape != (frames, 4, 4):
-        raise ValueError(f"cams2world must be [{frames}, 4, 4] to match depth, got {tuple(cams2world.shape)}.")
-    rays = pixel_rays(intrinsics.expand(frames, 3, 3), height, width)
-    points_cam = rays * depth[..., None]
-    rotation, translation = cams2world[:, None, None, :3, :3], cams2world[:, None, None, :3, 3]
+    if depth.ndim < 2:
+        raise ValueError(f"depth must be [..., H, W] (a frame [H, W] or a clip [F, H, W]), got "
+                         f"{tuple(depth.shape)}.")
+    leading, (height, width) = tuple(depth.shape[:-2]), depth.shape[-2:]
+    if tuple(cams2world.shape) != (*leading, 4, 4):
+        raise ValueError(f"cams2world must be {[*leading, 4, 4]} to match depth, got {tuple(cams2world.shape)}.")
+    if tuple(intrinsics.shape) not in ((3, 3), (*leading, 3, 3)):
+        raise ValueError(f"intrinsics must be [3, 3] or {[*leading, 3, 3]} to match depth, got "
+                         f"{tuple(intrinsics.shape)}.")
+    dtype = torch.promote_types(torch.promote_types(depth.dtype, intrinsics.dtype), cams2world.dtype)
+    depth, intrinsics, cams2world = depth.to(dtype), intrinsics.to(dtype), cams2world.to(dtype)
+    points_cam = pixel_rays(intrinsics, height, width) * depth[..., None]
+    rotation, translation = cams2world[..., None, None, :3, :3], cams2world[..., None, None, :3, 3]
     return (rotation @ points_cam[..., None])[..., 0] + translation
 
 

@@ -28,8 +28,8 @@ from typing import Literal, overload
 
 import numpy as np
 import torch
-from kornia.geometry.depth import depth_to_3d_v2
 
+from fourdnex_core.geometry.cameras import backproject
 from fourdnex_core.geometry.confidence import check_min_confidence, mask_keeps
 from fourdnex_core.scene_file import Scene
 
@@ -95,22 +95,6 @@ def _check_map(name: str, array: np.ndarray, channels: int | None) -> None:
         raise ValueError(f"{name} must be {shape} (one frame), got {array.shape}; index the frame first.")
 
 
-def unproject_depth(depth: np.ndarray, K: np.ndarray, cam2world: np.ndarray) -> np.ndarray:
-    """Back-project a depth map to scene coordinates.
-
-    depth: [H, W] distance along the camera z axis; K: [3, 3] pixels; cam2world: [4, 4].
-    Returns xyz: [H, W, 3] float32, X = R K^-1 (d [u, v, 1]) + t with u the column, v the row.
-    """
-    _check_map("depth", depth, None)
-    if np.shape(K) != (3, 3) or np.shape(cam2world) != (4, 4):
-        raise ValueError(f"K must be [3, 3] and cam2world [4, 4], got {np.shape(K)} and {np.shape(cam2world)}.")
-    depth_t = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
-    camera_points = depth_to_3d_v2(depth_t, torch.as_tensor(K, dtype=torch.float32)[None])[0]
-    pose = torch.as_tensor(cam2world, dtype=torch.float32)
-    world = camera_points @ pose[:3, :3].T + pose[:3, 3]
-    return world.numpy()
-
-
 def camera_depth(xyz: np.ndarray, cam2world: np.ndarray) -> np.ndarray:
     """Depth along the camera z axis of scene points. xyz: [..., 3]; cam2world: [4, 4] -> [...]."""
     rotation, center = cam2world[:3, :3], cam2world[:3, 3]
@@ -129,7 +113,9 @@ def frame_depth(scene: Scene, index: int) -> np.ndarray | None:
 def frame_points(scene: Scene, index: int) -> np.ndarray:
     """Scene points of frame ``index``: [H, W, 3], re-projected from depth when post-opt has run."""
     if scene.depth is not None and scene.K is not None and scene.cams2world is not None:
-        return unproject_depth(scene.depth[index], scene.frame_K(index), scene.cams2world[index])
+        depth, K, pose = (torch.as_tensor(np.asarray(array), dtype=torch.float32)
+                          for array in (scene.depth[index], scene.frame_K(index), scene.cams2world[index]))
+        return backproject(depth, K, pose).numpy()
     return scene.xyz[index]
 
 

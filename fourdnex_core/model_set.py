@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .loading.clip_vision_loader import load_clip_vision
-from .loading.locate import locate
+from .loading.locate import file_or_file_in, locate
 from .loading.text_encoder_loader import load_text_encoder, text_encoder_precision
 from .loading.transformer_loader import load_transformer
 from .loading.vae_loader import load_vae
@@ -96,17 +96,8 @@ def resolve_lora(path: Path, domain_embeddings: Path | None) -> tuple[Path, Path
     The released 4DNeX folder has ``pytorch_lora_weights.safetensors`` and, beside it,
     ``learnable_domain_embeddings.pt``; the latter is picked up automatically when present.
     """
-    path = Path(path)
-    if path.is_dir():
-        candidate = path / RELEASED_LORA_FILE
-        if not candidate.is_file():
-            raise FileNotFoundError(
-                f"{path} holds no {RELEASED_LORA_FILE}; pass the LoRA .safetensors file itself or the released "
-                f"4DNeX folder ({RELEASED_LORA_FILE} + {RELEASED_DOMAIN_EMBEDDINGS_FILE})."
-            )
-        path = candidate
-    if not path.is_file():
-        raise FileNotFoundError(f"No LoRA file at {path}.")
+    path = file_or_file_in(path, RELEASED_LORA_FILE, fix="pass the LoRA .safetensors file itself or the released "
+                           f"4DNeX folder ({RELEASED_LORA_FILE} + {RELEASED_DOMAIN_EMBEDDINGS_FILE}).")
     if domain_embeddings is None and (path.parent / RELEASED_DOMAIN_EMBEDDINGS_FILE).is_file():
         domain_embeddings = path.parent / RELEASED_DOMAIN_EMBEDDINGS_FILE
     return path, domain_embeddings

@@ -13,8 +13,11 @@ from fourdnex_core.loading.locate import (
     ModelSource,
     as_source,
     diffusers_weight_files,
+    file_or_file_in,
     locate,
 )
+from fourdnex_core.loading.tokenizer import spiece_bytes
+from fourdnex_core.model_set import RELEASED_DOMAIN_EMBEDDINGS_FILE, RELEASED_LORA_FILE, resolve_lora
 
 
 def _touch(path):
@@ -157,3 +160,22 @@ def test_as_source_checks_the_component(tmp_path):
     assert as_source(source, "vae") is source
     with pytest.raises(ValueError, match="Expected a transformer source"):
         as_source(source, "transformer")
+
+
+def test_a_file_or_the_named_file_in_a_folder(tmp_path):
+    """One rule for every 'a file, or the folder that holds it' argument (LoRA, spiece.model)."""
+    file = _touch(tmp_path / "released" / RELEASED_LORA_FILE)
+    assert file_or_file_in(file, RELEASED_LORA_FILE, fix="x") == file
+    assert file_or_file_in(file.parent, RELEASED_LORA_FILE, fix="x") == file
+    with pytest.raises(FileNotFoundError, match=r"nowhere does not exist; pass it"):
+        file_or_file_in(tmp_path / "nowhere", RELEASED_LORA_FILE, fix="pass it")  # neither file nor folder
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"pytorch_lora_weights.safetensors does not exist; pass the LoRA"):
+        resolve_lora(tmp_path / "folder", None)
+    assert resolve_lora(file.parent, None) == (file, None)
+    embeddings = _touch(file.parent / RELEASED_DOMAIN_EMBEDDINGS_FILE)
+    assert resolve_lora(file, None) == (file, embeddings)
+    (tmp_path / "folder" / "spiece.model").write_bytes(b"model bytes")
+    assert spiece_bytes(tmp_path / "folder") == spiece_bytes(tmp_path / "folder" / "spiece.model") == b"model bytes"
+    with pytest.raises(FileNotFoundError, match="spiece.model does not exist; pass a spiece.model file"):
+        spiece_bytes(tmp_path / "released")

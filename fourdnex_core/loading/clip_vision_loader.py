@@ -42,8 +42,8 @@ from .safetensors_io import (
     assign_state_dict,
     check_finite,
     iter_tensors,
-    read_component_metadata,
     read_header,
+    stored_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -131,13 +131,8 @@ def clip_vision_config_from_header(header: SafetensorsHeader) -> CLIPVisionConfi
     Raises:
         ValueError: the file holds another component, another CLIP size, or an unknown layout.
     """
-    stored = read_component_metadata(header)
-    if stored is not None:
-        component, config = stored
-        if component != CLIP_VISION_COMPONENT:
-            raise ValueError(
-                f"{header.path} holds a {component!r}, not a CLIP vision encoder; load it with the {component} loader"
-            )
+    config = stored_config(header, CLIP_VISION_COMPONENT, "a CLIP vision encoder")
+    if config is not None:
         return CLIPVisionConfig(**config)
     shapes = header.shapes
     if _PATCH_KEY not in shapes or _POSITION_KEY not in shapes or _FC1_KEY not in shapes:

@@ -87,6 +87,16 @@ class ModelSource:
     path: Path
 
 
+def file_or_file_in(path: str | os.PathLike[str], name: str, *, fix: str) -> Path:
+    """``path`` when it is a file, ``path / name`` when it is a folder; a FileNotFoundError naming
+    the missing file and ``fix`` (what to pass instead) when that is no file."""
+    path = Path(path)
+    candidate = path / name if path.is_dir() else path
+    if not candidate.is_file():
+        raise FileNotFoundError(f"{candidate} does not exist; {fix}")
+    return candidate
+
+
 def expected_locations(component: str) -> str:
     """Human-readable list of where ``component`` is looked for, for error messages."""
     comfy = COMFY_FOLDERS[component][0]

@@ -305,6 +305,21 @@ def read_component_metadata(header: SafetensorsHeader) -> tuple[str, dict[str, A
         ) from error
 
 
+def stored_config(header: SafetensorsHeader, component: str, what: str) -> dict[str, Any] | None:
+    """The config a file written by this project records for ``component`` (None when the file
+    records none); a ValueError naming the loader to use when it records another component.
+
+    what: the component in words for the message, e.g. ``"a text encoder"``.
+    """
+    stored = read_component_metadata(header)
+    if stored is None:
+        return None
+    found, config = stored
+    if found != component:
+        raise ValueError(f"{header.path} holds a {found!r}, not {what}; load it with the {found} loader")
+    return config
+
+
 def build_empty_model(model_cls: type[nn.Module], config: Mapping[str, Any]) -> nn.Module:
     """``model_cls.from_config(config)`` with parameters on the meta device (no weight memory).
 

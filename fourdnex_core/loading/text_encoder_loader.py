@@ -46,8 +46,8 @@ from .safetensors_io import (
     assign_state_dict,
     check_finite,
     iter_tensors,
-    read_component_metadata,
     read_header,
+    stored_config,
 )
 from .tokenizer import load_tokenizer, tokenizer_from_spiece_bytes
 
@@ -182,13 +182,8 @@ def text_encoder_config_from_header(header: SafetensorsHeader) -> UMT5Config:
     Raises:
         ValueError: the file holds another component, or a layout that is not UMT5-XXL.
     """
-    stored = read_component_metadata(header)
-    if stored is not None:
-        component, config = stored
-        if component != TEXT_ENCODER_COMPONENT:
-            raise ValueError(
-                f"{header.path} holds a {component!r}, not a text encoder; load it with the {component} loader"
-            )
+    config = stored_config(header, TEXT_ENCODER_COMPONENT, "a text encoder")
+    if config is not None:
         return UMT5Config(**config)
     shapes = header.shapes
     if not any(key.startswith("vision_model.") for key in shapes):

@@ -27,6 +27,7 @@ from tokenizers.models import Unigram
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, T5Tokenizer
 
 from fourdnex_core.atomic_write import atomic_path
+from fourdnex_core.loading.locate import file_or_file_in
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +160,7 @@ def spiece_bytes(source: bytes | str | os.PathLike | PreTrainedTokenizerBase) ->
                 "tokenizer folder that holds spiece.model instead"
             )
         return Path(vocab_file).read_bytes()
-    path = Path(source)
-    if path.is_dir():
-        path = path / SPIECE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; pass a spiece.model file or a tokenizer folder that holds one"
-        )
+    path = file_or_file_in(source, SPIECE_FILE, fix="pass a spiece.model file or a tokenizer folder that holds one")
     return path.read_bytes()
 
 

@@ -113,25 +113,24 @@ def vae_original_to_diffusers(name: str, num_res_blocks: int = 2) -> str | None:
     >>> vae_original_to_diffusers("decoder.upsamples.4.shortcut.weight")
     'decoder.up_blocks.1.resnets.0.conv_shortcut.weight'
     """
-    match = _ORIGINAL_NAME.match(name)
-    if match is None:
-        return _top_level(name, reverse=False)
-    coder, block, below = match.groups()
-    mapped_block = _original_block_to_diffusers(coder, block, num_res_blocks)
-    mapped_below = _below_block(below, reverse=False)
-    if mapped_block is None or mapped_below is None:
-        return None
-    return f"{coder}.{mapped_block}.{mapped_below}"
+    return _map_name(name, num_res_blocks, reverse=False)
 
 
 def vae_diffusers_to_original(name: str, num_res_blocks: int = 2) -> str | None:
     """Map an ``AutoencoderKLWan`` parameter name to the original Wan2.1 VAE name."""
-    match = _DIFFUSERS_NAME.match(name)
+    return _map_name(name, num_res_blocks, reverse=True)
+
+
+def _map_name(name: str, num_res_blocks: int, reverse: bool) -> str | None:
+    """One name in either direction: top-level names, or ``{coder}.{block}.{below}`` with the block
+    and the part below it mapped (``reverse``: diffusers to original)."""
+    match = (_DIFFUSERS_NAME if reverse else _ORIGINAL_NAME).match(name)
     if match is None:
-        return _top_level(name, reverse=True)
+        return _top_level(name, reverse=reverse)
     coder, block, below = match.groups()
-    mapped_block = _diffusers_block_to_original(coder, block, num_res_blocks)
-    mapped_below = _below_block(below, reverse=True)
+    map_block = _diffusers_block_to_original if reverse else _original_block_to_diffusers
+    mapped_block = map_block(coder, block, num_res_blocks)
+    mapped_below = _below_block(below, reverse=reverse)
     if mapped_block is None or mapped_below is None:
         return None
     return f"{coder}.{mapped_block}.{mapped_below}"

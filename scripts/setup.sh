@@ -17,4 +17,4 @@ if [ -n "${TORCH_INDEX_URL:-}" ]; then
 else
     .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test,splats,rerun]"

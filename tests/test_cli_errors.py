@@ -38,15 +38,15 @@ def test_ctrl_c_during_export_exits_130_and_keeps_the_earlier_export(scene_dir, 
     capsys.readouterr()
     calls = []
 
-    def interrupted_write(handle_path, cloud, chunk_points=1 << 20):
+    def interrupted_write(handle_path, cloud):
         calls.append(handle_path)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(handle_path, cloud, chunk_points)
+        return original(handle_path, cloud)
 
     original = export_ply.write_ply
     monkeypatch.setattr(export_command, "write_ply", interrupted_write)
-    assert main(["export", str(scene_dir), "--ply", "--max-points", "10"]) == 130
+    assert main(["export", str(scene_dir), "--ply", "--max-points", "10", "--overwrite"]) == 130
     assert "interrupted" in capsys.readouterr().err
     # the frame being written when Ctrl-C came keeps its earlier file; no temporary file is left
     assert sorted(path.name for path in ply.iterdir()) == sorted(earlier)

@@ -6,14 +6,13 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from format_readers import read_glb, read_ply
 from PIL import Image
 
 from fourdnex_core.cli import build_parser, main
 from fourdnex_core.cli.render import trajectory_cameras
 from fourdnex_core.geometry.cameras import backproject
 from fourdnex_core.geometry.export_cameras import read_cameras_json, read_transforms_json
-from fourdnex_core.geometry.read_glb import read_glb
-from fourdnex_core.geometry.export_ply import read_ply
 from fourdnex_core.scene_file import Scene, load_scene, save_scene
 
 FRAMES, H, W = 5, 24, 32

@@ -13,15 +13,13 @@ import imageio
 import numpy as np
 import pytest
 import torch
+from format_readers import read_glb, read_ply, read_viewer_points
 from PIL import Image
 
 from fourdnex_core.cli import main
 from fourdnex_core.geometry.accuracy import TESTED_ACCURACY, camera_errors
 from fourdnex_core.geometry.export_cameras import read_cameras_json, read_transforms_json
-from fourdnex_core.geometry.export_ply import read_ply
-from fourdnex_core.geometry.export_viewer import read_viewer_points
 from fourdnex_core.geometry.point_maps import depth_image
-from fourdnex_core.geometry.read_glb import read_glb
 from fourdnex_core.scene_file import load_scene
 
 SMALL = ["--frames", "5", "--height", "32", "--width", "48", "--steps", "2"]

@@ -1,4 +1,5 @@
-"""PLY, GLB and camera files: round trips, plus checks with independent parsers (struct/json)."""
+"""PLY, GLB and camera files: read back with the formats' libraries (plyfile, pygltflib) and
+independent parsers (struct/json)."""
 
 import json
 import struct
@@ -13,9 +14,11 @@ from fourdnex_core.geometry.export_cameras import (
     write_cameras_json,
     write_transforms_json,
 )
+from format_readers import GlbFormatError, read_glb, read_ply, validate_glb
+from plyfile import PlyData
+
 from fourdnex_core.geometry.export_glb import write_glb
-from fourdnex_core.geometry.read_glb import GlbFormatError, read_glb, validate_glb
-from fourdnex_core.geometry.export_ply import read_ply, write_ply
+from fourdnex_core.geometry.export_ply import write_ply
 from fourdnex_core.geometry.pointcloud import PointCloud
 
 
@@ -34,7 +37,7 @@ def split_ply(raw: bytes) -> tuple[list[str], bytes]:
 
 def test_ply_is_binary_little_endian_float_xyz_uchar_rgb(tmp_path):
     cloud = random_cloud(257, 0)
-    path = write_ply(tmp_path / "frame.ply", cloud, chunk_points=100)
+    path = write_ply(tmp_path / "frame.ply", cloud)
     header, body = split_ply(path.read_bytes())
     assert header[0] == "ply" and "format binary_little_endian 1.0" in header
     assert "element vertex 257" in header
@@ -47,38 +50,15 @@ def test_ply_is_binary_little_endian_float_xyz_uchar_rgb(tmp_path):
     np.testing.assert_array_equal(np.array([r[3:] for r in records], np.uint8), cloud.colors)
 
 
-def test_ply_round_trips_including_an_empty_cloud(tmp_path):
+def test_ply_reads_back_with_plyfile_including_an_empty_cloud(tmp_path):
     cloud = random_cloud(1000, 1)
-    back = read_ply(write_ply(tmp_path / "a.ply", cloud, chunk_points=64))
+    vertex = PlyData.read(str(write_ply(tmp_path / "a.ply", cloud)))["vertex"]
+    assert [p.name for p in vertex.properties] == ["x", "y", "z", "red", "green", "blue"]
+    assert vertex["x"].dtype == np.float32 and vertex["red"].dtype == np.uint8
+    back = read_ply(tmp_path / "a.ply")
     np.testing.assert_array_equal(back.positions, cloud.positions)
     np.testing.assert_array_equal(back.colors, cloud.colors)
-    empty = read_ply(write_ply(tmp_path / "empty.ply", random_cloud(0, 2)))
-    assert len(empty) == 0
-
-
-def test_ply_reader_handles_big_endian_double_and_extra_properties(tmp_path):
-    header = (b"ply\nformat binary_big_endian 1.0\nelement vertex 2\nproperty double x\nproperty double y\n"
-              b"property double z\nproperty float nx\nproperty uchar red\nproperty uchar green\n"
-              b"property uchar blue\nend_header\n")
-    body = struct.pack(">3dfBBB", 1.5, -2.0, 3.25, 0.0, 10, 20, 30) + struct.pack(">3dfBBB", 0, 0, 1, 1, 1, 2, 3)
-    path = tmp_path / "other.ply"
-    path.write_bytes(header + body)
-    cloud = read_ply(path)
-    np.testing.assert_array_equal(cloud.positions, [[1.5, -2.0, 3.25], [0, 0, 1]])
-    np.testing.assert_array_equal(cloud.colors, [[10, 20, 30], [1, 2, 3]])
-
-
-def test_ply_reader_refuses_ascii_and_truncated_files(tmp_path):
-    ascii_path = tmp_path / "ascii.ply"
-    ascii_path.write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n0\n")
-    with pytest.raises(ValueError, match="only binary PLY"):
-        read_ply(ascii_path)
-    path = write_ply(tmp_path / "cut.ply", random_cloud(10, 3))
-    path.write_bytes(path.read_bytes()[:-5])
-    with pytest.raises(ValueError, match="truncated"):
-        read_ply(path)
-    with pytest.raises(FileNotFoundError):
-        read_ply(tmp_path / "missing.ply")
+    assert len(read_ply(write_ply(tmp_path / "empty.ply", random_cloud(0, 2)))) == 0
 
 
 # ---------------------------------------------------------------- GLB
@@ -258,9 +238,12 @@ def test_transforms_json_uses_nerfstudio_fields_and_opengl_axes(tmp_path):
     names = [f"images/frame_{i:05d}.png" for i in range(3)]
     path = write_transforms_json(tmp_path / "transforms.json", cameras, names, ply_file_path="ply/frame_00000.ply")
     data = json.loads(path.read_text())
+    # Nerfstudio's pixel centres are at +0.5: the scene's centred (359.5, 239.5) is its (360, 240)
     assert (data["fl_x"], data["fl_y"], data["cx"], data["cy"], data["w"], data["h"]) == \
-        (500.0, 480.0, 359.5, 239.5, 720, 480)
+        (500.0, 480.0, 360.0, 240.0, 720, 480)
+    assert data["camera_model"] == "OPENCV" and (data["k1"], data["k2"], data["p1"], data["p2"]) == (0, 0, 0, 0)
     assert data["ply_file_path"] == "ply/frame_00000.ply"
+    assert [frame["time"] for frame in data["frames"]] == [0.0, 0.5, 1.0]
     for frame, name, pose in zip(data["frames"], names, cameras.cams2world, strict=True):
         assert frame["file_path"] == name
         matrix = np.array(frame["transform_matrix"])
@@ -272,6 +255,35 @@ def test_transforms_json_uses_nerfstudio_fields_and_opengl_axes(tmp_path):
     np.testing.assert_allclose(back.cams2world, cameras.cams2world, atol=1e-12)
     np.testing.assert_allclose(back.K, cameras.K)
     assert paths == names
+
+
+def nerfstudio_pixel(data: dict, frame: dict, point: np.ndarray) -> np.ndarray:
+    """Where Nerfstudio's documented convention puts a world point: camera to world
+    ``transform_matrix`` with OpenGL axes (x right, y up, looking down -z), pinhole
+    ``fl_x fl_y cx cy`` in pixel coordinates whose pixel (u, v) is centred at (u + 0.5, v + 0.5)."""
+    world2cam = np.linalg.inv(np.array(frame["transform_matrix"]))
+    x, y, z = world2cam[:3, :3] @ point + world2cam[:3, 3]
+    depth = -z  # in front of an OpenGL camera, z < 0
+    fl_x, fl_y, cx, cy = (frame.get(key, data[key]) for key in ("fl_x", "fl_y", "cx", "cy"))
+    return np.array([fl_x * x / depth + cx, fl_y * -y / depth + cy])
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_transforms_json_sees_each_scene_pixel_where_the_scene_does(tmp_path, per_frame):
+    """A point unprojected from scene pixel (u, v) of frame f lands, by Nerfstudio's rules, on its
+    pixel (u, v), whose centre Nerfstudio puts at (u + 0.5, v + 0.5)."""
+    cameras = orbit_cameras(3)
+    if per_frame:
+        cameras = CameraSet(np.stack([cameras.K * [[s], [s], [1]] for s in (1.0, 1.2, 1.4)]), cameras.cams2world,
+                            720, 480)
+    data = json.loads(write_transforms_json(tmp_path / "t.json", cameras, ["a", "b", "c"]).read_text())
+    for index, frame in enumerate(data["frames"]):
+        depth, pose = 2.0 + index, cameras.cams2world[index]
+        for u, v in ((0, 0), (719, 479), (123, 45)):
+            # the scene's pixel (u, v) at that depth: K^-1 (d [u, v, 1]), then to the world
+            local = depth * np.linalg.solve(cameras.frame_K(index), [u, v, 1.0])
+            np.testing.assert_allclose(nerfstudio_pixel(data, frame, pose[:3, :3] @ local + pose[:3, 3]),
+                                       [u + 0.5, v + 0.5], atol=1e-6)
 
 
 def test_camera_readers_explain_malformed_files(tmp_path):

@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from format_readers import read_glb, read_ply, read_viewer_points, validate_glb
 
 import nodes
 from fourdnex_core.encoders import encode_prompt, with_pointmap_style
-from fourdnex_core.geometry.read_glb import read_glb, validate_glb
-from fourdnex_core.geometry.export_ply import read_ply
-from fourdnex_core.geometry.export_viewer import read_viewer_points
 from fourdnex_core.geometry.synthetic import make_synthetic_scene
 from fourdnex_core.geometry.point_maps import PointMaps
 from fourdnex_core.image_io import fit_image, image_to_tensor, load_image

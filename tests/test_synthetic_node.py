@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from format_readers import read_glb, read_ply
 
 import nodes
 from fourdnex_core.geometry.accuracy import TESTED_ACCURACY, camera_errors
 from fourdnex_core.geometry.cameras import backproject
 from fourdnex_core.geometry.export_cameras import read_cameras_json
-from fourdnex_core.geometry.export_ply import read_ply
 from fourdnex_core.geometry.point_maps import scene_from
-from fourdnex_core.geometry.read_glb import read_glb
 from fourdnex_core.scene_file import load_scene
 
 N = nodes.NODE_CLASS_MAPPINGS

@@ -158,7 +158,7 @@ def _geometry_stages(stages: Stages, part: str, folder: Path, fps: float, workfl
     with stages.run(part, "point clouds", f"export/: ply/, points.glb, cameras.json, transforms.json, images/, "
                     f"{VIEWER_FILE}", workflow_for["export"]):
         with _warnings_noted(expected):
-            _command(export, "export", str(folder), "--fps", f"{fps:g}")
+            _command(export, "export", str(folder), "--fps", f"{fps:g}", "--overwrite")
         write_viewer_points(folder / "export" / VIEWER_FILE,
                             ScenePointClouds(load_scene(folder / "scene.npz"), max_points=VIEWER_MAX_POINTS), fps)
     with stages.run(part, "novel view", "render/render.mp4, render/frames/", workflow_for["render"]):

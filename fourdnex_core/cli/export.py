@@ -1,12 +1,19 @@
-"""``fourdnex export DIR``: a scene's point clouds as PLY and GLB, its cameras as JSON.
+"""``fourdnex export DIR``: a scene's point clouds and cameras in the formats other tools read.
 
 Reads ``DIR/scene.npz`` (re-projecting points from depth and cameras when post-optimization has
 run, else using the raw point maps) and writes, into ``DIR/export`` or ``--out``::
 
-    ply/frame_00000.ply ...       binary PLY per frame (OpenCV axes)
-    points.glb                    one POINTS node per frame, animated at --fps (glTF axes)
-    cameras.json                  OpenCV intrinsics and per-frame poses
-    transforms.json, images/      Nerfstudio cameras (OpenGL axes) and the RGB frames
+    ply/frame_00000.ply ...       --ply      binary PLY per frame (OpenCV axes)
+    points.glb                    --glb      one POINTS node per frame, animated at --fps (glTF axes)
+    cameras.json                  --cameras  OpenCV intrinsics and per-frame poses
+    transforms.json, images/      --cameras  Nerfstudio cameras (OpenGL axes) and the RGB frames
+    sparse/0/, images/            --colmap   COLMAP sparse model (binary, or text) and the RGB frames
+    splats/frame_00000.ply ...    --splats   Gaussian splats per frame (3DGS PLY layout)
+    points.rrd                    --rerun    Rerun recording: points, cameras, RGB and depth per frame
+
+Without a format flag: PLY, GLB and, when the scene has cameras, the camera files; ``--all``:
+every format the scene and the installed packages support. Every argument is checked, and an
+earlier export in the folder refused (unless ``--overwrite``), before anything is written.
 """
 
 from __future__ import annotations
@@ -18,17 +25,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fourdnex_core.atomic_write import check_output_folder
+from fourdnex_core.geometry import export_rerun, export_splats
 from fourdnex_core.geometry.export_cameras import write_cameras_json, write_transforms_json
+from fourdnex_core.geometry.export_colmap import colmap_points, point_frames, write_colmap
 from fourdnex_core.geometry.export_glb import GlbPointsWriter
 from fourdnex_core.geometry.export_ply import write_ply
 from fourdnex_core.geometry.point_maps import camera_set
-from fourdnex_core.geometry.pointcloud import PointFilter, ScenePointClouds
-from fourdnex_core.scene_file import Scene, load_scene
+from fourdnex_core.geometry.point_maps import camera_set
+from fourdnex_core.geometry.pointcloud import PointFilter, ScenePointClouds, frame_depth
+from fourdnex_core.scene_file import load_scene
 from fourdnex_core.video_io import write_frames
 
 logger = logging.getLogger(__name__)
 
 SCENE_FILE = "scene.npz"
+COLMAP_MODEL = "sparse/0"
 
 
 def scene_path(directory: Path) -> Path:
@@ -44,7 +56,8 @@ def add_point_options(parser: argparse.ArgumentParser, max_points_default: int) 
     """Options that choose which points of each frame are kept (shared with ``fourdnex render``)."""
     group = parser.add_argument_group("points")
     group.add_argument("--max-points", type=int, default=max_points_default, metavar="N",
-                       help=f"point budget per frame, 0 keeps all (default: {max_points_default})")
+                       help=f"point budget per frame (and of the COLMAP model in all), 0 keeps all "
+                       f"(default: {max_points_default})")
     group.add_argument("--downsample", choices=("stride", "voxel"), default="stride",
                        help="how to meet the budget: every k-th pixel, or voxel averages (default: stride)")
     group.add_argument("--edge-rtol", type=float, default=0.1, metavar="R",
@@ -66,49 +79,118 @@ def point_filter_from_args(args: argparse.Namespace) -> PointFilter:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "export", help="write a scene's point clouds (PLY, GLB) and cameras (JSON)",
-        description="Export DIR/scene.npz as per-frame PLY files, one GLB with a POINTS node per frame, "
-        "and cameras as cameras.json (OpenCV) and Nerfstudio transforms.json. Without --ply/--glb/--cameras, "
-        "writes every format the scene supports.")
+        "export", help="write a scene's point clouds and cameras (PLY, GLB, JSON, COLMAP, splats, Rerun)",
+        description="Export DIR/scene.npz for other tools: per-frame PLY, one GLB with a POINTS node per frame, "
+        "cameras.json (OpenCV) and Nerfstudio transforms.json, a COLMAP sparse model, Gaussian-splat PLYs and a "
+        "Rerun recording. Without a format flag, writes PLY, GLB and (when the scene has cameras) the camera "
+        "files; --all writes every format the scene and the installed packages support.")
     parser.add_argument("scene_dir", type=Path, metavar="DIR", help=f"folder holding {SCENE_FILE} (or the file)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/export)")
-    parser.add_argument("--ply", action="store_true", help="write ply/frame_NNNNN.ply")
-    parser.add_argument("--glb", action="store_true", help="write points.glb")
-    parser.add_argument("--cameras", action="store_true", help="write cameras.json, transforms.json and images/")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export's files in the output folder (default: refuse)")
+    formats = parser.add_argument_group("formats")
+    formats.add_argument("--all", action="store_true", help="every format below that the scene supports")
+    formats.add_argument("--ply", action="store_true", help="write ply/frame_NNNNN.ply")
+    formats.add_argument("--glb", action="store_true", help="write points.glb")
+    formats.add_argument("--cameras", action="store_true", help="write cameras.json, transforms.json and images/")
+    formats.add_argument("--colmap", nargs="?", const="binary", choices=("binary", "text"), default=None,
+                         help=f"write a COLMAP sparse model in {COLMAP_MODEL}/ (binary, or text) and images/")
+    formats.add_argument("--colmap-stride", type=int, default=None, metavar="K",
+                         help="COLMAP points3D from every K-th frame; 0: frame 0 only (default: 0)")
+    formats.add_argument("--splats", action="store_true", help="write splats/frame_NNNNN.ply (3DGS layout; SciPy)")
+    formats.add_argument("--splat-sh-degree", type=int, choices=export_splats.SH_DEGREES, default=None,
+                         help="0: colour only, as SuperSplat reads it; 3: plus 45 zero f_rest_* as the original "
+                         "3DGS code expects (default: 0)")
+    formats.add_argument("--rerun", action="store_true", help="write points.rrd (Rerun; rerun-sdk)")
     parser.add_argument("--fps", type=float, default=24.0,
                         help="GLB animation rate, one frame shown at a time; 0 shows all frames at once (default: 24)")
     add_point_options(parser, max_points_default=100_000)
     return parser
 
 
+def chosen_formats(args: argparse.Namespace, has_cameras: bool, source: Path) -> dict[str, bool]:
+    """Which formats to write, every combination checked before any work."""
+    if args.colmap_stride is not None and not (args.colmap or args.all):
+        raise ValueError("--colmap-stride applies to the COLMAP model only; add --colmap (or --all).")
+    if args.splat_sh_degree is not None and not (args.splats or args.all):
+        raise ValueError("--splat-sh-degree applies to the splats only; add --splats (or --all).")
+    if args.fps < 0:
+        raise ValueError(f"--fps must be >= 0, got {args.fps}.")
+    point_frames(1, args.colmap_stride or 0)  # checks the stride
+    flags = {"ply": args.ply, "glb": args.glb, "cameras": args.cameras, "colmap": bool(args.colmap),
+             "splats": args.splats, "rerun": args.rerun}
+    if args.all:
+        flags = {name: True for name in flags}
+        flags.update(cameras=has_cameras, colmap=has_cameras,
+                     splats=_installed(export_splats.check_available), rerun=_installed(export_rerun.check_available))
+    elif not any(flags.values()):
+        flags.update(ply=True, glb=True, cameras=has_cameras)
+        if not has_cameras:
+            logger.info("The scene has no cameras, so none were exported; run `fourdnex postopt` to recover them.")
+    if (flags["cameras"] or flags["colmap"]) and not has_cameras:
+        raise ValueError(f"{source} has no cameras (K, cams2world), which --cameras and --colmap need; "
+                         "run `fourdnex postopt` on it first.")
+    if flags["splats"]:
+        export_splats.check_available()
+    if flags["rerun"]:
+        export_rerun.check_available()
+    return flags
+
+
+def _installed(check) -> bool:
+    try:
+        check()
+    except ModuleNotFoundError as error:
+        logger.info("%s (left out of --all)", error)
+        return False
+    return True
+
+
+def output_names(flags: dict[str, bool]) -> list[str]:
+    """The files and folders an export with ``flags`` writes into its folder."""
+    names = {"ply": ["ply"], "glb": ["points.glb"], "cameras": ["cameras.json", "transforms.json", "images"],
+             "colmap": ["sparse", "images"], "splats": ["splats"], "rerun": ["points.rrd"]}
+    return sorted({name for key, on in flags.items() if on for name in names[key]})
+
+
 def run(args: argparse.Namespace) -> int:
     source = scene_path(args.scene_dir)
     scene = load_scene(source)
     scene.check_points(source)
-    out = args.out or source.parent / "export"
     has_cameras = scene.K is not None and scene.cams2world is not None
-    chosen = args.ply or args.glb or args.cameras
-    write_ply_files, write_glb_file = (args.ply, args.glb) if chosen else (True, True)
-    cameras = camera_set(scene, source) if args.cameras or (not chosen and has_cameras) else None
-    if args.fps < 0:
-        raise ValueError(f"--fps must be >= 0, got {args.fps}.")
-    clouds = ScenePointClouds(scene, point_filter_from_args(args), args.max_points, args.downsample)
-    total_points = 0
+    flags = chosen_formats(args, has_cameras, source)
+    cameras = camera_set(scene, source) if has_cameras else None
+    point_filter = point_filter_from_args(args)
+    out = check_output_folder(args.out or source.parent / "export", output_names(flags), overwrite=args.overwrite)
+    clouds = ScenePointClouds(scene, point_filter, args.max_points, args.downsample)
+    colmap_frames = point_frames(scene.num_frames, args.colmap_stride or 0) if flags["colmap"] else []
+    kept_for_colmap, total_points = {}, 0
+    sh_degree = args.splat_sh_degree or 0
     with contextlib.ExitStack() as stack:
-        glb = stack.enter_context(GlbPointsWriter(out / "points.glb", args.fps or None)) if write_glb_file else None
-        if write_ply_files or write_glb_file:
+        glb = stack.enter_context(GlbPointsWriter(out / "points.glb", args.fps or None)) if flags["glb"] else None
+        rerun = stack.enter_context(export_rerun.RerunWriter(out / "points.rrd", cameras)) if flags["rerun"] else None
+        if any(flags[name] for name in ("ply", "glb", "splats", "rerun")) or colmap_frames:
             for index, cloud in enumerate(tqdm(clouds, desc="export", unit="frame")):
                 total_points += len(cloud)
-                if write_ply_files:
+                if flags["ply"]:
                     write_ply(out / "ply" / f"frame_{index:05d}.ply", cloud)
                 if glb is not None:
                     glb.add_frame(cloud)
-    if cameras is not None:
-        images = write_frames(out / "images", scene.rgb)
-        write_cameras_json(out / "cameras.json", cameras)
-        write_transforms_json(out / "transforms.json", cameras, [path.relative_to(out).as_posix() for path in images],
-                              ply_file_path="ply/frame_00000.ply" if write_ply_files else None)
-    if not chosen and not has_cameras:
-        logger.info("The scene has no cameras, so none were exported; run `fourdnex postopt` to recover them.")
+                if flags["splats"]:
+                    export_splats.write_splats(out / "splats" / f"frame_{index:05d}.ply", cloud, sh_degree=sh_degree)
+                if rerun is not None:
+                    rerun.add_frame(index, cloud, scene.rgb[index], frame_depth(scene, index))
+                if index in colmap_frames:
+                    kept_for_colmap[index] = cloud
+    if flags["cameras"] or flags["colmap"]:
+        images = [path.relative_to(out).as_posix() for path in write_frames(out / "images", scene.rgb)]
+        if flags["cameras"]:
+            write_cameras_json(out / "cameras.json", cameras)
+            write_transforms_json(out / "transforms.json", cameras, images,
+                                  ply_file_path="ply/frame_00000.ply" if flags["ply"] else None)
+        if flags["colmap"]:
+            points = colmap_points(kept_for_colmap, colmap_frames, args.max_points)
+            write_colmap(out / COLMAP_MODEL, cameras, [Path(name).name for name in images], points,
+                         binary=args.colmap != "text")
     logger.info("Exported %d frames (%d points) to %s.", scene.num_frames, total_points, out)
     return 0

@@ -10,12 +10,21 @@
 When the frames have their own intrinsics (a zoom), each frame also holds its ``"intrinsics"``
 (same keys) and the top-level ``"intrinsics"`` are the first frame's.
 
-``transforms.json`` follows Nerfstudio: ``fl_x, fl_y, cx, cy, w, h``, ``camera_model`` "OPENCV"
-and ``frames[].file_path`` / ``frames[].transform_matrix`` (per-frame intrinsics as Nerfstudio's
-per-frame ``fl_x, fl_y, cx, cy``). Nerfstudio's camera axes are OpenGL's
-(x right, y up, looking down -z), so ``transform_matrix = cam2world @ diag(1, -1, -1, 1)``: the
-camera's y and z columns are negated; the world axes are left as they are (Nerfstudio re-orients
-and re-centres poses itself when it loads them).
+``cameras.json`` counts pixels as the scene does: the centre of pixel (column u, row v) is at
+(u, v), so a centred principal point is ((W - 1) / 2, (H - 1) / 2).
+
+``transforms.json`` follows Nerfstudio's documented convention (docs "Data conventions" and
+``nerfstudio_dataparser``): ``fl_x, fl_y, cx, cy, w, h``, ``camera_model`` "OPENCV" (distortion
+``k1 k2 p1 p2`` all 0), and per frame ``file_path``, ``transform_matrix`` (camera to world, 4 x 4)
+and ``time`` (frame index / (F - 1), in [0, 1], as D-NeRF-style dynamic datasets store it;
+0 for one frame); per-frame intrinsics as Nerfstudio's per-frame ``fl_x, fl_y, cx, cy`` when the
+frames have their own; ``ply_file_path`` names the initial points (a PLY in the scene's world
+frame, which is also the poses' world frame). Nerfstudio's camera axes are OpenGL's (x right,
+y up, looking down -z), so ``transform_matrix = cam2world @ diag(1, -1, -1, 1)``: the camera's
+y and z columns are negated; the world axes are left as they are (Nerfstudio re-orients and
+re-centres poses itself when it loads them). Nerfstudio, like COLMAP and Rerun, puts the centre
+of pixel (u, v) at (u + 0.5, v + 0.5) (its rays start at ``pixel + 0.5``), so ``cx`` and ``cy``
+are the scene's plus 0.5 (:func:`corner_origin_K`).
 """
 
 from __future__ import annotations
@@ -30,6 +39,16 @@ import numpy as np
 from fourdnex_core.atomic_write import atomic_path
 
 OPENGL_FROM_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
+PIXEL_CENTER = 0.5  # where COLMAP, Nerfstudio and Rerun put the centre of pixel 0 (the scene: at 0)
+
+
+def corner_origin_K(K: np.ndarray, shift: float = PIXEL_CENTER) -> np.ndarray:
+    """K [..., 3, 3] with the principal point moved by ``shift`` pixels: from the scene's pixel
+    centres at integers to the half-integer centres of COLMAP, Nerfstudio and Rerun (``-shift``: back)."""
+    K = np.array(K, dtype=np.float64)
+    K[..., 0, 2] += shift
+    K[..., 1, 2] += shift
+    return K
 
 
 @dataclasses.dataclass
@@ -135,18 +154,20 @@ def write_transforms_json(path: str | Path, cameras: CameraSet, file_paths: Sequ
         raise ValueError(f"Got {len(file_paths)} image paths for {cameras.num_frames} cameras; give one per frame.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    K = cameras.frame_K(0)
+    K = corner_origin_K(cameras.frame_K(0))
+    last = max(cameras.num_frames - 1, 1)
     document: dict = {
         "camera_model": "OPENCV",
         "fl_x": K[0, 0], "fl_y": K[1, 1], "cx": K[0, 2], "cy": K[1, 2],
         "w": cameras.width, "h": cameras.height,
         "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
-        "frames": [{"file_path": file_path, "transform_matrix": (pose @ OPENGL_FROM_OPENCV).tolist()}
-                   for file_path, pose in zip(file_paths, cameras.cams2world, strict=True)],
+        "frames": [{"file_path": file_path, "transform_matrix": (pose @ OPENGL_FROM_OPENCV).tolist(),
+                    "time": index / last}
+                   for index, (file_path, pose) in enumerate(zip(file_paths, cameras.cams2world, strict=True))],
     }
     if cameras.per_frame:  # Nerfstudio reads per-frame intrinsics from these keys
         for index, frame in enumerate(document["frames"]):
-            own = cameras.frame_K(index)
+            own = corner_origin_K(cameras.frame_K(index))
             frame.update({"fl_x": own[0, 0], "fl_y": own[1, 1], "cx": own[0, 2], "cy": own[1, 2]})
     if ply_file_path is not None:
         document["ply_file_path"] = ply_file_path
@@ -172,6 +193,7 @@ def read_transforms_json(path: str | Path) -> tuple[CameraSet, list[str]]:
         K = np.array(matrix(data))
         if any("fl_x" in frame for frame in frames):
             K = np.array([matrix({**data, **frame}) for frame in frames])
+        K = corner_origin_K(K, -PIXEL_CENTER)
         poses = np.array([frame["transform_matrix"] for frame in frames], dtype=np.float64).reshape(-1, 4, 4)
         cameras = CameraSet(K, poses @ OPENGL_FROM_OPENCV, int(data["w"]), int(data["h"]))
         return cameras, [str(frame["file_path"]) for frame in frames]

@@ -8,14 +8,20 @@ ComfyUI's 3D preview (frontend 0.3.x) shows POINTS GLBs, not PLY. Layout of a wr
   a node without a mesh (glTF accessors cannot be empty).
 * axes: glTF is y up, looking down -z; the scene is OpenCV (y down, z forward), so positions are
   stored as (x, -y, -z) (:func:`opencv_to_gltf`, its own inverse).
-  :func:`~fourdnex_core.geometry.read_glb.read_glb` undoes it.
 * with ``fps``: an animation "frames" shows one node at a time (STEP keys on ``scale``, 0 or 1);
   nodes after the first start at scale 0, so a viewer that ignores animations shows frame 0.
 
 The writer spools the point data to a hidden ``.partial`` file beside ``path`` frame by frame and
 assembles the GLB on ``close()`` (written atomically), so memory stays at one frame whatever the
-sequence length and an interrupted export leaves no GLB at all. Reading and validation:
-:mod:`fourdnex_core.geometry.read_glb`.
+sequence length and an interrupted export leaves no GLB at all.
+
+Why our own writer and not pygltflib's ``GLTF2.save_binary``: pygltflib needs the whole binary
+buffer in memory and copies it again while saving. Measured on 49 frames x 200 000 points (random
+clouds, 2-core CPU): the same time (0.78 s against 0.83 s), but a peak of 853 MiB against 402 MiB
+for the process, and the export would have to hold every frame's cloud (the export builds them
+one at a time) -- 49 x 480 x 720 points are 0.8 GB of GLB data. The project reads no GLB itself;
+the tests read these files with pygltflib (``tests/format_readers.py``), and ComfyUI's 3D
+preview (three.js' GLTFLoader) shows them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Layout: ``4DNXPTS1``, uint32 header length, JSON header ``{"fps", "frames": [{"count", "offset"}],
 "center", "radius"}`` padded to 4 bytes, then per frame float32 positions [N, 3] (OpenCV axes)
-followed by uint8 RGB [N, 3] padded to 4 bytes. Offsets count from the data start.
+followed by uint8 RGB [N, 3] padded to 4 bytes. Offsets count from the data start. Its reader
+is the viewer (``web/``); the tests read the file by this layout (``tests/format_readers.py``).
 """
 
 from __future__ import annotations
@@ -44,20 +45,3 @@ def write_viewer_points(path: str | Path, clouds: Sequence[PointCloud], fps: flo
         for chunk in chunks:
             handle.write(chunk)
     return path
-
-
-def read_viewer_points(path: str | Path) -> tuple[dict, list[PointCloud]]:
-    """Read a file of :func:`write_viewer_points` (for tests and tools): (header, clouds)."""
-    raw = Path(path).read_bytes()
-    if raw[:8] != VIEWER_MAGIC:
-        raise ValueError(f"{path} is not a 4DNeX viewer file.")
-    length = int(np.frombuffer(raw[8:12], "<u4")[0])
-    header = json.loads(raw[12:12 + length])
-    data = memoryview(raw)[12 + length:]
-    clouds = []
-    for frame in header["frames"]:
-        count, start = frame["count"], frame["offset"]
-        positions = np.frombuffer(data[start:start + 12 * count], "<f4").reshape(count, 3)
-        colors = np.frombuffer(data[start + 12 * count:start + 15 * count], np.uint8).reshape(count, 3)
-        clouds.append(PointCloud(positions.copy(), colors.copy()))
-    return header, clouds

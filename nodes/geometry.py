@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from fourdnex_core.geometry.export_cameras import write_cameras_json
 from fourdnex_core.geometry.export_glb import write_glb
-from fourdnex_core.geometry.export_ply import write_ply
+from fourdnex_core.geometry.export_scene import ExportOptions, ExportPaths, check_export, export_scene
 from fourdnex_core.geometry.export_viewer import write_viewer_points
 from fourdnex_core.geometry.keyframes import KEYFRAME_TRAJECTORIES, keyframe_trajectory, parse_keyframes
 from fourdnex_core.geometry.point_maps import camera_set, depth_image, point_maps_from_postopt, point_maps_from_scene
@@ -187,6 +186,15 @@ def _stepping(clouds, progress):
         yield cloud
 
 
+SAVE_COLMAP = {"off": None, "binary": "binary", "text": "text"}
+
+
+def _interruptible(frames):
+    for frame in frames:
+        comfy.throw_if_interrupted()
+        yield frame
+
+
 class FourDNeXSave:
     @classmethod
     def INPUT_TYPES(cls):
@@ -204,6 +212,20 @@ class FourDNeXSave:
                                                                          "has cameras."}),
                 "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 1.0,
                                   "tooltip": "GLB animation rate."}),
+                "save_colmap": (list(SAVE_COLMAP), {
+                    "default": "off", "tooltip": "A COLMAP sparse model (sparse/0, binary or text) and the RGB frames "
+                                                 "(images/) in the <name>dataset folder: colmap gui, 3DGS trainers. "
+                                                 "Needs cameras (4DNeX Post-Optimize)."}),
+                "colmap_frame_stride": ("INT", {"default": 0, "min": 0, "max": 10000,
+                                                "tooltip": "COLMAP points from frame 0 only (0) or every k-th frame, "
+                                                           "within the point budget."}),
+                "save_nerfstudio": ("BOOLEAN", {"default": False, "tooltip": "Nerfstudio transforms.json and the RGB "
+                                                                             "frames in the <name>dataset folder "
+                                                                             "(ns-train). Needs cameras."}),
+                "save_splats": ("BOOLEAN", {"default": False, "tooltip": "One Gaussian-splat PLY per frame (3DGS "
+                                                                         "layout: SuperSplat, splat viewers)."}),
+                "save_rerun": ("BOOLEAN", {"default": False, "tooltip": "A Rerun recording (.rrd): points, cameras, "
+                                                                        "RGB and depth per frame (needs rerun-sdk)."}),
             },
         }
 
@@ -212,25 +234,32 @@ class FourDNeXSave:
     OUTPUT_NODE = True
     FUNCTION = "save"
     CATEGORY = "4DNeX/io"
-    DESCRIPTION = ("Saves the scene under ComfyUI's output folder: NPZ scene, PLY sequence, GLB and cameras JSON. "
+    DESCRIPTION = ("Saves the scene under ComfyUI's output folder: NPZ scene, PLY sequence, GLB, cameras JSON, and on "
+                   "request a COLMAP model, Nerfstudio transforms.json, Gaussian-splat PLYs and a Rerun recording. "
                    "Returns the scene file's path relative to the output folder.")
 
-    def save(self, point_clouds, filename_prefix, save_scene, save_ply, save_glb, save_cameras, fps):
+    def save(self, point_clouds, filename_prefix, save_scene, save_ply, save_glb, save_cameras, fps,
+             save_colmap="off", colmap_frame_stride=0, save_nerfstudio=False, save_splats=False, save_rerun=False):
+        if save_colmap not in SAVE_COLMAP:
+            raise ValueError(f"save_colmap must be one of {list(SAVE_COLMAP)}, got {save_colmap!r}.")
         root = comfy.output_directory()
-        folder, stem = comfy.save_path(root, filename_prefix)
         scene, written = point_clouds.scene, []
         scene.check_points("The scene to save")
+        cameras = camera_set(scene) if scene.K is not None and scene.cams2world is not None else None
+        folder, stem = comfy.save_path(root, filename_prefix)
+        paths = ExportPaths(ply=folder / f"{stem}ply" if save_ply else None,
+                            glb=folder / f"{stem}.glb" if save_glb else None,
+                            splats=folder / f"{stem}splats" if save_splats else None,
+                            rerun=folder / f"{stem}.rrd" if save_rerun else None,
+                            cameras_json=folder / f"{stem}cameras.json" if save_cameras and cameras else None,
+                            dataset=folder / f"{stem}dataset", nerfstudio=save_nerfstudio,
+                            colmap=SAVE_COLMAP[save_colmap])
+        options = ExportOptions(fps=fps, colmap_stride=colmap_frame_stride, colmap_max_points=point_clouds.max_points,
+                                ply_file_path=f"../{stem}ply/frame_00000.ply" if save_ply else None)
+        check_export(paths, options, cameras, scene.num_frames)  # before anything is written
         if save_scene:
             written.append(write_scene(scene, folder / f"{stem}.npz"))
-        if save_ply:
-            for index, cloud in enumerate(point_clouds.clouds()):
-                comfy.throw_if_interrupted()
-                written.append(write_ply(folder / f"{stem}ply" / f"frame_{index:05d}.ply", cloud))
-        if save_glb:
-            written.append(write_glb(folder / f"{stem}.glb", point_clouds.clouds(), fps))
-        if save_cameras and scene.K is not None and scene.cams2world is not None:
-            cameras = camera_set(scene)
-            written.append(write_cameras_json(folder / f"{stem}cameras.json", cameras))
+        written += export_scene(scene, point_clouds.clouds(), paths, options, cameras, frames=_interruptible)
         relative = [p.resolve().relative_to(root.resolve()).as_posix() for p in written]
         scene_file = relative[0] if save_scene else ""
         return {"ui": {"text": relative}, "result": (scene_file,)}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import fourdnex_core.cli.export as export_command
+import fourdnex_core.geometry.export_scene as export_command  # where fourdnex export writes each format
 import fourdnex_core.geometry.export_ply as export_ply
 from fourdnex_core.cli import main
 from fourdnex_core.cli.errors import describe, run_command

@@ -277,3 +277,54 @@ def test_bad_combinations_are_refused_before_anything_is_written(tmp_path, capsy
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "out"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- the 4DNeX Save node
+
+
+def test_save_node_writes_every_format_under_the_output_folder_and_never_overwrites(scene_dir, tmp_path,
+                                                                                     monkeypatch):
+    import nodes
+    from nodes.comfy_values import PointClouds
+
+    from fourdnex_core.geometry.pointcloud import PointFilter
+
+    monkeypatch.setenv("FOURDNEX_OUTPUT_DIR", str(tmp_path / "output"))
+    scene = load_scene(scene_dir / "scene.npz")
+    clouds = PointClouds(scene, PointFilter(depth_edge_rtol=None, outlier_std_ratio=None), max_points=300)
+    save = nodes.NODE_CLASS_MAPPINGS["FourDNeXSave"]().save
+    options = dict(filename_prefix="4dnex/all", save_scene=True, save_ply=True, save_glb=True, save_cameras=True,
+                   fps=12.0, save_colmap="text", colmap_frame_stride=1, save_nerfstudio=True, save_splats=True,
+                   save_rerun=True)
+    result = save(clouds, **options)
+    folder = tmp_path / "output" / "4dnex"
+    stem = "all_00001_"
+    assert result["result"] == (f"4dnex/{stem}.npz",)
+    assert set(result["ui"]["text"]) == {f"4dnex/{stem}{name}" for name in (
+        ".npz", "ply", ".glb", "splats", ".rrd", "cameras.json", "dataset/images", "dataset/transforms.json",
+        "dataset/sparse/0")}
+    reconstruction = pycolmap.Reconstruction(str(folder / f"{stem}dataset" / "sparse" / "0"))
+    assert reconstruction.num_images() == FRAMES and reconstruction.num_points3D() == 300  # the budget in all
+    cameras, paths = read_transforms_json(folder / f"{stem}dataset" / "transforms.json")
+    np.testing.assert_allclose(cameras.cams2world, scene.cams2world, rtol=0, atol=1e-7)
+    assert all((folder / f"{stem}dataset" / path).is_file() for path in paths)
+    ply_file = json.loads((folder / f"{stem}dataset" / "transforms.json").read_text())["ply_file_path"]
+    assert len(read_ply(folder / f"{stem}dataset" / ply_file)) == 300
+    assert len(list((folder / f"{stem}splats").glob("*.ply"))) == FRAMES
+    before = sorted(path.relative_to(folder) for path in folder.rglob("*"))
+    again = save(clouds, **options)
+    assert again["result"] == ("4dnex/all_00002_.npz",)
+    assert sorted(path.relative_to(folder) for path in folder.rglob("*") if "all_00001_" in path.name
+                  or "all_00001_" in str(path.parent)) == before
+
+
+def test_save_node_refuses_camera_formats_without_cameras_before_writing(tmp_path, monkeypatch):
+    import nodes
+    from nodes.comfy_values import PointClouds
+
+    monkeypatch.setenv("FOURDNEX_OUTPUT_DIR", str(tmp_path / "output"))
+    raw = make_synthetic_scene(2, 12, 18, seed=2).to_scene_file()
+    save = nodes.NODE_CLASS_MAPPINGS["FourDNeXSave"]().save
+    with pytest.raises(ValueError, match="no cameras"):
+        save(PointClouds(Scene(raw.rgb, raw.xyz)), "4dnex/raw", True, True, True, True, 24.0, save_colmap="binary")
+    assert not list((tmp_path / "output").rglob("*.*"))

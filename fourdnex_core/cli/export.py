@@ -19,7 +19,6 @@ earlier export in the folder refused (unless ``--overwrite``), before anything i
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 from pathlib import Path
 
@@ -27,20 +26,15 @@ from tqdm import tqdm
 
 from fourdnex_core.atomic_write import check_output_folder
 from fourdnex_core.geometry import export_rerun, export_splats
-from fourdnex_core.geometry.export_cameras import write_cameras_json, write_transforms_json
-from fourdnex_core.geometry.export_colmap import colmap_points, point_frames, write_colmap
-from fourdnex_core.geometry.export_glb import GlbPointsWriter
-from fourdnex_core.geometry.export_ply import write_ply
+from fourdnex_core.geometry.export_colmap import point_frames
+from fourdnex_core.geometry.export_scene import COLMAP_MODEL, ExportOptions, ExportPaths, check_export, export_scene
 from fourdnex_core.geometry.point_maps import camera_set
-from fourdnex_core.geometry.point_maps import camera_set
-from fourdnex_core.geometry.pointcloud import PointFilter, ScenePointClouds, frame_depth
+from fourdnex_core.geometry.pointcloud import PointFilter, ScenePointClouds
 from fourdnex_core.scene_file import load_scene
-from fourdnex_core.video_io import write_frames
 
 logger = logging.getLogger(__name__)
 
 SCENE_FILE = "scene.npz"
-COLMAP_MODEL = "sparse/0"
 
 
 def scene_path(directory: Path) -> Path:
@@ -108,15 +102,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def chosen_formats(args: argparse.Namespace, has_cameras: bool, source: Path) -> dict[str, bool]:
-    """Which formats to write, every combination checked before any work."""
+def chosen_formats(args: argparse.Namespace, has_cameras: bool) -> dict[str, bool]:
+    """Which formats to write; the flags' combinations checked."""
     if args.colmap_stride is not None and not (args.colmap or args.all):
         raise ValueError("--colmap-stride applies to the COLMAP model only; add --colmap (or --all).")
     if args.splat_sh_degree is not None and not (args.splats or args.all):
         raise ValueError("--splat-sh-degree applies to the splats only; add --splats (or --all).")
     if args.fps < 0:
         raise ValueError(f"--fps must be >= 0, got {args.fps}.")
-    point_frames(1, args.colmap_stride or 0)  # checks the stride
+    point_frames(1, args.colmap_stride or 0)  # the stride's own check
     flags = {"ply": args.ply, "glb": args.glb, "cameras": args.cameras, "colmap": bool(args.colmap),
              "splats": args.splats, "rerun": args.rerun}
     if args.all:
@@ -127,13 +121,6 @@ def chosen_formats(args: argparse.Namespace, has_cameras: bool, source: Path) ->
         flags.update(ply=True, glb=True, cameras=has_cameras)
         if not has_cameras:
             logger.info("The scene has no cameras, so none were exported; run `fourdnex postopt` to recover them.")
-    if (flags["cameras"] or flags["colmap"]) and not has_cameras:
-        raise ValueError(f"{source} has no cameras (K, cams2world), which --cameras and --colmap need; "
-                         "run `fourdnex postopt` on it first.")
-    if flags["splats"]:
-        export_splats.check_available()
-    if flags["rerun"]:
-        export_rerun.check_available()
     return flags
 
 
@@ -158,39 +145,24 @@ def run(args: argparse.Namespace) -> int:
     scene = load_scene(source)
     scene.check_points(source)
     has_cameras = scene.K is not None and scene.cams2world is not None
-    flags = chosen_formats(args, has_cameras, source)
+    flags = chosen_formats(args, has_cameras)
+    if (flags["cameras"] or flags["colmap"]) and not has_cameras:
+        camera_set(scene, source)  # the error naming the file and `fourdnex postopt`
     cameras = camera_set(scene, source) if has_cameras else None
     point_filter = point_filter_from_args(args)
-    out = check_output_folder(args.out or source.parent / "export", output_names(flags), overwrite=args.overwrite)
+    out = args.out or source.parent / "export"
+    paths = ExportPaths(ply=out / "ply" if flags["ply"] else None, glb=out / "points.glb" if flags["glb"] else None,
+                        splats=out / "splats" if flags["splats"] else None,
+                        rerun=out / "points.rrd" if flags["rerun"] else None,
+                        cameras_json=out / "cameras.json" if flags["cameras"] else None, dataset=out,
+                        nerfstudio=flags["cameras"], colmap=(args.colmap or "binary") if flags["colmap"] else None)
+    options = ExportOptions(fps=args.fps or None, colmap_stride=args.colmap_stride or 0,
+                            colmap_max_points=args.max_points or None, splat_sh_degree=args.splat_sh_degree or 0,
+                            ply_file_path="ply/frame_00000.ply" if flags["ply"] else None)
+    check_export(paths, options, cameras, scene.num_frames)
+    check_output_folder(out, output_names(flags), overwrite=args.overwrite)
     clouds = ScenePointClouds(scene, point_filter, args.max_points, args.downsample)
-    colmap_frames = point_frames(scene.num_frames, args.colmap_stride or 0) if flags["colmap"] else []
-    kept_for_colmap, total_points = {}, 0
-    sh_degree = args.splat_sh_degree or 0
-    with contextlib.ExitStack() as stack:
-        glb = stack.enter_context(GlbPointsWriter(out / "points.glb", args.fps or None)) if flags["glb"] else None
-        rerun = stack.enter_context(export_rerun.RerunWriter(out / "points.rrd", cameras)) if flags["rerun"] else None
-        if any(flags[name] for name in ("ply", "glb", "splats", "rerun")) or colmap_frames:
-            for index, cloud in enumerate(tqdm(clouds, desc="export", unit="frame")):
-                total_points += len(cloud)
-                if flags["ply"]:
-                    write_ply(out / "ply" / f"frame_{index:05d}.ply", cloud)
-                if glb is not None:
-                    glb.add_frame(cloud)
-                if flags["splats"]:
-                    export_splats.write_splats(out / "splats" / f"frame_{index:05d}.ply", cloud, sh_degree=sh_degree)
-                if rerun is not None:
-                    rerun.add_frame(index, cloud, scene.rgb[index], frame_depth(scene, index))
-                if index in colmap_frames:
-                    kept_for_colmap[index] = cloud
-    if flags["cameras"] or flags["colmap"]:
-        images = [path.relative_to(out).as_posix() for path in write_frames(out / "images", scene.rgb)]
-        if flags["cameras"]:
-            write_cameras_json(out / "cameras.json", cameras)
-            write_transforms_json(out / "transforms.json", cameras, images,
-                                  ply_file_path="ply/frame_00000.ply" if flags["ply"] else None)
-        if flags["colmap"]:
-            points = colmap_points(kept_for_colmap, colmap_frames, args.max_points)
-            write_colmap(out / COLMAP_MODEL, cameras, [Path(name).name for name in images], points,
-                         binary=args.colmap != "text")
-    logger.info("Exported %d frames (%d points) to %s.", scene.num_frames, total_points, out)
+    export_scene(scene, clouds, paths, options, cameras,
+                 frames=lambda indices: tqdm(indices, desc="export", unit="frame"))
+    logger.info("Exported %d frames to %s.", scene.num_frames, out)
     return 0

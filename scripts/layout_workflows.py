@@ -4,7 +4,8 @@ Node sizes are the larger of the size saved in the workflow and the size the Com
 draws the node at (``tests/fixtures/frontend_node_sizes.json``, exported from a harness run, see
 ``--help``), so no two nodes overlap on a person's first look. Within a stage the nodes keep their
 data-flow order (then their current top-to-bottom order; the outputs keep theirs). Frontend-only notes go above the first
-column.
+column. A node's stage comes from its type, or from its ``properties["stage"]`` (a stage title below) where a
+workflow uses a type in another role (workflow 7's KSampler runs the VACE model, not 4DNeX).
 
     python scripts/layout_workflows.py workflows/*.json
 
@@ -41,10 +42,20 @@ STAGES = (
                         "KSampler", "FourDNeXSampler")),
     ("Decode and geometry", ("FourDNeXDecode", "FourDNeXWanDecode", "FourDNeXPostOptimize", "FourDNeXPointClouds",
                              "FourDNeXRenderNovelView")),
+    ("Novel-view video (VACE)", ("WanVaceToVideo", "TrimVideoLatent", "VAEDecode", "MaskToImage")),
     ("Preview and save", ("FourDNeXPointCloudPreview", "Preview3D", "FourDNeXSave", "SaveAnimatedWEBP", "PreviewImage",
                           "CreateVideo", "SaveVideo")),
 )
 STAGE_OF = {node_type: index for index, (_, types) in enumerate(STAGES) for node_type in types}
+STAGE_NAMED = {title: index for index, (title, _) in enumerate(STAGES)}
+
+
+def stage_of(node: dict) -> int | None:
+    """The index in STAGES of a node's stage (its ``properties["stage"]``, else its type's); None for notes."""
+    named = node.get("properties", {}).get("stage")
+    if named is not None and named not in STAGE_NAMED:
+        raise ValueError(f"Node #{node['id']}: no stage titled {named!r}; use one of {list(STAGE_NAMED)}.")
+    return STAGE_NAMED[named] if named is not None else STAGE_OF.get(node["type"])
 
 
 def frontend_sizes() -> dict[str, dict[str, list[float]]]:
@@ -96,7 +107,7 @@ def layout(workflow: dict, sizes: dict[str, list[float]]) -> dict:
     groups, x = [], 0.0
     for index, (title, _) in enumerate(STAGES):
         last = index == len(STAGES) - 1  # the outputs keep the author's order (the 4D viewer first)
-        column = sorted((n for n in nodes if STAGE_OF.get(n["type"]) == index),
+        column = sorted((n for n in nodes if stage_of(n) == index),
                         key=lambda n: (0 if last else depth[n["id"]], n["pos"][1], n["pos"][0]))
         if not column:
             continue

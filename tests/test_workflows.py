@@ -73,11 +73,11 @@ def _server_nodes(path: Path) -> list[dict]:
     return [node for node in _load(path)["nodes"] if node["type"] not in FRONTEND_ONLY]
 
 
-def test_there_are_seven_workflows():
+def test_there_are_eight_workflows():
     assert [p.name for p in WORKFLOWS] == ["1_image_to_4d.json", "2_image_to_4d_core_encoders.json",
                                            "3_from_saved_scene.json", "3b_synthetic_scene.json",
                                            "4_novel_view_orbit_video.json", "5_image_to_4d_low_vram.json",
-                                           "6_image_to_4d_native_wan.json"]
+                                           "6_image_to_4d_native_wan.json", "7_novel_view_vace.json"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

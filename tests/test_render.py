@@ -153,6 +153,16 @@ def test_larger_splats_cover_thin_holes(point_size, expected_holes):
         assert rendering.holes[:, 39].all() and not rendering.holes[:, :39].any()
 
 
+def test_letterbox_bands_of_a_fitted_view_are_holes():
+    """The 40 x 30 view fitted into 40 x 40 at scale 1 sits 5 rows down: 5 empty rows above and below."""
+    points, rgb = wall_and_box()
+    fitted = fit_intrinsics(SCENE_K, (30, 40), (40, 40))
+    rendering = splat_points(points, rgb, fitted, IDENTITY, 40, 40)
+    expected = np.ones((40, 40), bool)
+    expected[5:35] = False
+    np.testing.assert_array_equal(rendering.holes.numpy(), expected)
+
+
 def test_hole_area_grows_as_the_camera_orbits_around_the_box():
     points, rgb = wall_and_box()
     box_centre = torch.tensor([19.5 * BOX_Z / 100, 14.5 * BOX_Z / 100, BOX_Z], dtype=torch.float64)

@@ -50,8 +50,7 @@ def add_point_options(parser: argparse.ArgumentParser, max_points_default: int) 
     """Options that choose which points of each frame are kept (shared with ``fourdnex render``)."""
     group = parser.add_argument_group("points")
     group.add_argument("--max-points", type=int, default=max_points_default, metavar="N",
-                       help=f"point budget per frame (and of the COLMAP model in all), 0 keeps all "
-                       f"(default: {max_points_default})")
+                       help=f"point budget per frame, 0 keeps all (default: {max_points_default})")
     group.add_argument("--downsample", choices=("stride", "voxel"), default="stride",
                        help="how to meet the budget: every k-th pixel, or voxel averages (default: stride)")
     group.add_argument("--edge-rtol", type=float, default=0.1, metavar="R",
@@ -90,7 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     formats.add_argument("--colmap", nargs="?", const="binary", choices=("binary", "text"), default=None,
                          help=f"write a COLMAP sparse model in {COLMAP_MODEL}/ (binary, or text) and images/")
     formats.add_argument("--colmap-stride", type=int, default=None, metavar="K",
-                         help="COLMAP points3D from every K-th frame; 0: frame 0 only (default: 0)")
+                         help="COLMAP points3D from every K-th frame, --max-points in all; 0: frame 0 only (default: 0)")
     formats.add_argument("--splats", action="store_true", help="write splats/frame_NNNNN.ply (3DGS layout; SciPy)")
     formats.add_argument("--splat-sh-degree", type=int, choices=export_splats.SH_DEGREES, default=None,
                          help="0: colour only, as SuperSplat reads it; 3: plus 45 zero f_rest_* as the original "

@@ -70,7 +70,8 @@ class Frontend:
         time.sleep(1.0)
 
     def node_id(self, node_type: str) -> int:
-        return self.js(f"return (window.app.graph.nodes ?? window.app.graph._nodes).find((n) => n.type === '{node_type}').id;")
+        return self.js("return (window.app.graph.nodes ?? window.app.graph._nodes).find((n) => n.type === arguments[0])"
+                       ".id;", node_type)
 
     def queue_and_wait(self, timeout: float = 1500) -> dict:
         """Queue through the frontend (its own graph serialisation) and wait for the history entry."""
@@ -116,9 +117,10 @@ class Frontend:
         from selenium.webdriver.common.action_chains import ActionChains
 
         canvas = self.element(node_id, "canvas")
-        ActionChains(self.driver).move_to_element(canvas).click_and_hold().move_by_offset(dx // 4, dy // 4) \
-            .move_by_offset(dx // 4, dy // 4).move_by_offset(dx // 4, dy // 4).move_by_offset(dx // 4, dy // 4) \
-            .release().perform()
+        chain = ActionChains(self.driver).move_to_element(canvas).click_and_hold()
+        for _ in range(3):  # in steps, as a hand moves
+            chain = chain.move_by_offset(dx // 3, dy // 3)
+        chain.release().perform()
         time.sleep(0.5)
 
     def click(self, node_id: int, part: str) -> None:
@@ -201,7 +203,7 @@ def browse(args: argparse.Namespace) -> int:
         frontend.show_node(preview)
         report["viewer_after_run"] = frontend.wait_for_points(preview)
         poses = []
-        for drag in ((160, 0), (-60, 90)):  # orbit, add a view, orbit again, add another
+        for drag in ((24, 0), (-18, 12)):  # orbit (~34 degrees right), add a view, orbit back and up, add another
             frontend.drag(preview, *drag)
             poses.append(frontend.camera(preview))
             frontend.click(preview, "addView")

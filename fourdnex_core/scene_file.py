@@ -36,11 +36,11 @@ exports and renders of a post-optimized scene use
 
 ``version`` (an integer scalar, :data:`SCENE_VERSION`) says which meaning the arrays have;
 :func:`save_scene` writes it. Files without it are version 1, from before ``xyz`` had one
-meaning: 4DNeX Save stored the registered points in ``xyz`` and the fit's selection in
+meaning: the ComfyUI save node stored the registered points in ``xyz`` and the fit's selection in
 ``mask``, and early ``fourdnex postopt`` runs wrote that selection back into ``mask`` too. A
 version-1 file with cameras and no ``valid`` is read with its ``mask`` as ``valid`` (a derived
 selection, not the user's), so point clouds show the same points and a new post-optimization
-starts from all of them; its ``xyz`` is read as it is (a 4DNeX Save file's registered points
+starts from all of them; its ``xyz`` is read as it is (a saved node file's registered points
 agree with its cameras; the generated ones were not kept). A file of a newer version is refused.
 
 Only ``rgb`` and ``xyz`` are required. Reading checks each array's shape and dtype (``rgb``

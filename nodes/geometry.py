@@ -28,14 +28,14 @@ MAX_POINTS = 10_000_000
 VIEWER_SUBFOLDER = "4dnex_viewer"
 
 
-def _render(clouds, K, cams2world, scene_size, width, height, point_size, progress):
+def _render(clouds, K, cams2world, scene_size, width, height, point_size, progress, background=(0.0, 0.0, 0.0)):
     """Render ``clouds`` along ``cams2world`` as one CPU :class:`Rendering` batch (image [N, H, W, 3],
-    depth [N, H, W]), stepping ``progress`` per view."""
+    depth [N, H, W]), stepping ``progress`` per view; ``background``: RGB in [0, 1] of the holes."""
     height, width = height or scene_size[0], width or scene_size[1]
     K = fit_intrinsics(K, scene_size, (height, width))
     views = []
-    for rendering in render_views(clouds, K, cams2world, height, width, point_size, device=comfy.torch_device(),
-                                  progress=False):
+    for rendering in render_views(clouds, K, cams2world, height, width, point_size, background,
+                                  device=comfy.torch_device(), progress=False):
         views.append(Rendering(rendering.image.cpu(), rendering.depth.cpu()))
         progress.step()
     return Rendering.stack(views)
@@ -327,13 +327,17 @@ class FourDNeXRenderNovelView:
                 "camera_path": ("FOURDNEX_CAMERA_PATH", {
                     "tooltip": "Keyframes from the 4D viewer (4DNeX Point Cloud Preview's camera_path), followed "
                                "by the viewer-path and viewer-view trajectories."}),
+                "background": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                         "tooltip": "Grey level of the frames' pixels no point covers: 0 black; "
+                                                    "0.5 for WanVaceToVideo's control_video (VACE was trained with "
+                                                    "the pixels to fill set to grey)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
     RETURN_NAMES = ("frames", "hole_masks", "depth")
-    OUTPUT_TOOLTIPS = ("The rendered views [B, H, W, 3], black where no point lands.",
+    OUTPUT_TOOLTIPS = ("The rendered views [B, H, W, 3], the background grey where no point lands.",
                        "1 where no point's splat covers the pixel (holes, disocclusions, letterbox bands), 0 "
                        "elsewhere [B, H, W]: the 'to be generated' convention of inpainting masks and of "
                        "WanVaceToVideo's control_masks.",
@@ -346,7 +350,7 @@ class FourDNeXRenderNovelView:
                    "should fill, e.g. WanVaceToVideo's control_video + control_masks) and a depth IMAGE per view.")
 
     def render(self, point_clouds, trajectory, num_views, arc_degrees, distance, offset_x, offset_y, offset_z,
-               time_frame, width, height, point_size, camera_path=None, unique_id=None):
+               time_frame, width, height, point_size, camera_path=None, background=0.0, unique_id=None):
         scene = point_clouds.scene
         size = scene.rgb.shape[1:3]
         if trajectory in KEYFRAME_TRAJECTORIES:  # K at the output size: the viewer's vertical field of view kept
@@ -366,7 +370,7 @@ class FourDNeXRenderNovelView:
                 raise ValueError(f"time_frame must be below the scene's {len(clouds)} frames, or -1.")
             clouds = [clouds[time_frame]]
         progress = comfy.Progress(poses.shape[0], unique_id)
-        rendered = _render(clouds, K, poses, size, width, height, point_size, progress)
+        rendered = _render(clouds, K, poses, size, width, height, point_size, progress, (background,) * 3)
         depth = depth_image(rendered.depth, rendered.coverage)
         return (rendered.image, rendered.holes.float(), depth[..., None].expand(-1, -1, -1, 3).contiguous())
 

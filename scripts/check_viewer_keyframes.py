@@ -38,6 +38,7 @@ from pathlib import Path
 
 RENDER = "FourDNeXRenderNovelView"
 PREVIEW = "FourDNeXPointCloudPreview"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
 def _http_json(url: str, data=None):
@@ -266,7 +267,9 @@ def compare(args: argparse.Namespace) -> int:
     def run(node_type, **links):
         cls = nodes.NODE_CLASS_MAPPINGS[node_type]
         spec = cls.INPUT_TYPES()
-        names = [name for name in spec["required"] if name not in links]
+        # widgets in the frontend's order: the required ones, then the optional ones (sockets have no value)
+        names = [name for section in ("required", "optional") for name, (kind, *_) in spec.get(section, {}).items()
+                 if name not in links and (isinstance(kind, list) or kind in WIDGET_TYPES)]
         widgets = dict(zip(names, by_type[node_type]["widgets_values"]))
         result = getattr(cls(), cls.FUNCTION)(**widgets, **links)
         return result["result"] if isinstance(result, dict) else result

@@ -321,6 +321,17 @@ def test_render_novel_view(synthetic_clouds, trajectory):
     assert torch.equal(depth[..., 0], depth[..., 2]) and bool((depth[holes == 1] == 0).all())
 
 
+def test_render_fills_holes_with_the_background_grey(synthetic_clouds):
+    """background 0.5 (the grey VACE fills) paints exactly the hole pixels; the points and masks stay the same."""
+    args = dict(point_clouds=synthetic_clouds, trajectory="orbit", num_views=2, arc_degrees=40.0, distance=0.3,
+                offset_x=0.1, offset_y=0.0, offset_z=0.0, time_frame=-1, width=48, height=16, point_size=1)
+    black, holes, _ = call("FourDNeXRenderNovelView", **args)
+    grey, grey_holes, _ = call("FourDNeXRenderNovelView", **args, background=0.5)
+    assert torch.equal(grey_holes, holes) and float(holes.mean()) > 0.3  # letterbox bands at least
+    assert bool((grey[holes == 1] == 0.5).all()) and bool((black[holes == 1] == 0).all())
+    assert torch.equal(grey[holes == 0], black[holes == 0])
+
+
 def test_render_frozen_time_and_bad_frame(clouds):
     args = dict(point_clouds=clouds, trajectory="orbit", num_views=2, arc_degrees=10.0, distance=0.3, offset_x=0.1,
                 offset_y=0.0, offset_z=0.0, width=0, height=0, point_size=1)

@@ -1,5 +1,5 @@
-"""Every export of one scene, in one pass over its frames: what ``fourdnex export`` and the 4DNeX
-Save node both call.
+"""Every export of one scene, in one pass over its frames: what ``fourdnex export`` and the save
+node of ``nodes/`` both call.
 
 Each frame's point cloud is built once and handed to every per-frame format (PLY, GLB, splats,
 Rerun; the COLMAP model keeps the clouds of its frames); the camera formats follow. Where each
@@ -81,7 +81,7 @@ def check_export(paths: ExportPaths, options: ExportOptions, cameras: CameraSet 
     export_splats.splat_properties(options.splat_sh_degree)
     if paths.needs_cameras and cameras is None:
         raise ValueError("The scene has no cameras (K, cams2world), which cameras.json, Nerfstudio and COLMAP "
-                         "exports need; run post-optimization first (fourdnex postopt, 4DNeX Post-Optimize).")
+                         "exports need; run post-optimization on it first (it recovers them).")
     if paths.splats is not None:
         export_splats.check_available()
     if paths.rerun is not None:

@@ -29,7 +29,8 @@ suits viewers that take the SH degree from the properties present (SuperSplat / 
 trainer and viewer expect at their default ``--sh_degree 3``.
 
 Neighbours come from SciPy's k-d tree (``scipy.spatial.cKDTree``; the ``splats`` extra; ComfyUI
-ships SciPy): about 0.6 s for a 200 000-point frame on one CPU core.
+ships SciPy), queried on every core: 0.58 s for a 200 000-point frame on the 2-core development
+machine (BENCHMARKS.md, "Exports in every format").
 """
 
 from __future__ import annotations

@@ -38,8 +38,9 @@ TIMELINE = "frame"
 def check_available() -> None:
     """Raise a clear error, before any work, when the Rerun SDK is missing."""
     if importlib.util.find_spec("rerun") is None:
-        raise ModuleNotFoundError("Rerun export needs the Rerun SDK: pip install 'comfyui-4dnex[rerun]' "
-                                  "(or pip install rerun-sdk==0.41.0).")
+        raise ModuleNotFoundError("Rerun export needs the Rerun SDK in the Python that runs the export: "
+                                  "pip install rerun-sdk==0.41.0 (in a checkout: pip install -e '.[rerun]'); "
+                                  "or leave the Rerun export off.")
 
 
 class RerunWriter:

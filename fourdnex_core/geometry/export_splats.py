@@ -54,8 +54,9 @@ COMMENT = "fourdnex_core Gaussian splats (3DGS layout), OpenCV axes (x right, y 
 def check_available() -> None:
     """Raise a clear error, before any work, when SciPy (the k-d tree) is missing."""
     if importlib.util.find_spec("scipy") is None:
-        raise ModuleNotFoundError("Gaussian-splat export needs SciPy for the point spacing: "
-                                  "pip install 'comfyui-4dnex[splats]' (or pip install scipy).")
+        raise ModuleNotFoundError("Gaussian-splat export needs SciPy for the point spacing, in the Python that "
+                                  "runs the export: pip install scipy (in a checkout: pip install -e '.[splats]'); "
+                                  "or leave the splat export off.")
 
 
 def splat_properties(sh_degree: int = 0) -> list[str]:

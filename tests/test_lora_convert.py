@@ -18,9 +18,7 @@ from fourdnex_core.lora import (
     to_fourdnex_state_dict,
 )
 from fourdnex_core.transformer import FourDNeXTransformer3DModel
-from test_lora_formats import RANK, diffusers_fused, random_lora, run, tiny_wan, write_release
-
-WIDTH = 24  # inner_dim of the tiny transformer
+from test_lora_formats import RANK, WIDTH, diffusers_fused, random_lora, run, tiny_wan, write_release
 
 
 @pytest.fixture(scope="module")

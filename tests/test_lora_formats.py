@@ -15,6 +15,7 @@ from fourdnex_core.lora import LoraFormat, fuse_lora, read_lora
 from tiny_configs import TINY_TRANSFORMER
 
 RANK = 4
+WIDTH = TINY_TRANSFORMER["num_attention_heads"] * TINY_TRANSFORMER["attention_head_dim"]  # the tiny inner_dim
 # diffusers module path inside a block -> original Wan name (spelled here, independent of wan_keys).
 IN_BLOCK_ORIGINAL = {
     "attn1.to_q": "self_attn.q",

@@ -22,9 +22,7 @@ from fourdnex_core.representation import (
 )
 from fourdnex_core.transformer import FourDNeXTransformer3DModel, add_domain_embeddings, share_positions
 from fourdnex_core.vae_io import wan_latent_stats
-from test_lora_formats import random_lora, tiny_wan, write_release
-
-WIDTH = 24  # inner_dim of the tiny transformer
+from test_lora_formats import WIDTH, random_lora, tiny_wan, write_release
 
 
 @pytest.fixture(scope="module")

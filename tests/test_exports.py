@@ -2,6 +2,7 @@
 independent parsers (struct/json)."""
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -304,3 +305,20 @@ def test_camera_readers_explain_malformed_files(tmp_path):
         write_transforms_json(tmp_path / "t.json", orbit_cameras(2), ["a.png"])
     with pytest.raises(FileNotFoundError, match="fourdnex export"):
         read_transforms_json(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("fmt, module, install", [("splats", "scipy", "pip install scipy"),
+                                                  ("rerun", "rerun", "pip install rerun-sdk==0.41.0")])
+def test_a_missing_optional_package_is_refused_before_any_file(tmp_path, monkeypatch, fmt, module, install):
+    """ComfyUI's Python may lack SciPy or the Rerun SDK: the export stops before any work and says what to install."""
+    import importlib.util
+
+    from fourdnex_core.geometry.export_scene import ExportOptions, ExportPaths, check_export
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == module else real_find_spec(name, *args))
+    paths = ExportPaths(ply=tmp_path / "ply", **{fmt: tmp_path / fmt})
+    with pytest.raises(ModuleNotFoundError, match=rf"{re.escape(install)} .*leave that export off"):
+        check_export(paths, ExportOptions(), cameras=None, num_frames=3)
+    assert list(tmp_path.iterdir()) == []

@@ -20,7 +20,6 @@ has them (after post-optimization). Read back with ``rerun.chunk.RrdReader`` (th
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +29,7 @@ import numpy as np
 from fourdnex_core.atomic_write import atomic_path
 from fourdnex_core.geometry.export_cameras import CameraSet, corner_origin_K
 from fourdnex_core.geometry.pointcloud import PointCloud
+from fourdnex_core.optional import require
 
 APPLICATION_ID = "fourdnex"
 TIMELINE = "frame"
@@ -37,10 +37,7 @@ TIMELINE = "frame"
 
 def check_available() -> None:
     """Raise a clear error, before any work, when the Rerun SDK is missing."""
-    if importlib.util.find_spec("rerun") is None:
-        raise ModuleNotFoundError("Rerun export needs the Rerun SDK in the Python that runs the export: "
-                                  "pip install rerun-sdk==0.41.0 (in a checkout: pip install -e '.[rerun]'); "
-                                  "or leave the Rerun export off.")
+    require("rerun", "Rerun export needs the Rerun SDK", "rerun-sdk==0.41.0", "rerun")
 
 
 class RerunWriter:

@@ -35,13 +35,13 @@ machine (BENCHMARKS.md, "Exports in every format").
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from fourdnex_core.geometry.export_ply import write_vertices
 from fourdnex_core.geometry.pointcloud import PointCloud
+from fourdnex_core.optional import require
 
 SH_C0 = 0.28209479177387814
 SH_DEGREES = (0, 3)
@@ -53,10 +53,7 @@ COMMENT = "fourdnex_core Gaussian splats (3DGS layout), OpenCV axes (x right, y 
 
 def check_available() -> None:
     """Raise a clear error, before any work, when SciPy (the k-d tree) is missing."""
-    if importlib.util.find_spec("scipy") is None:
-        raise ModuleNotFoundError("Gaussian-splat export needs SciPy for the point spacing, in the Python that "
-                                  "runs the export: pip install scipy (in a checkout: pip install -e '.[splats]'); "
-                                  "or leave the splat export off.")
+    require("scipy", "Gaussian-splat export needs SciPy for the point spacing", "scipy", "splats")
 
 
 def splat_properties(sh_degree: int = 0) -> list[str]:

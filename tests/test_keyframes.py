@@ -16,7 +16,7 @@ from fourdnex_core.geometry.keyframes import (
     keyframes_json,
     parse_keyframes,
 )
-from fourdnex_core.geometry.trajectories import interpolate_keyframes, keyframe_views
+from fourdnex_core.geometry.trajectories import _catmull_rom, interpolate_keyframes, keyframe_views
 
 
 def _pose(axis_angle, position):
@@ -63,6 +63,29 @@ def test_path_between_keyframes_is_smooth_and_rigid():
     assert (after - before).norm() < 0.15 * before.norm()
 
 
+def test_position_speed_is_continuous_at_keyframes_unevenly_spaced_in_views():
+    """Keyframes 2, 1 and 2 views apart (4 keyframes in 6 views): the velocity per view just before a
+    keyframe equals the one just after; with equal spacing the spline is the uniform Catmull-Rom one."""
+    points = torch.tensor([[0.0, 0, 0], [1.0, 0.5, 0], [2.0, 0, 1], [3.0, 1, 1]], dtype=torch.float64)
+    times = keyframe_views(4, 6).double()
+    assert times.tolist() == [0, 2, 3, 5]
+    eps = 1e-6
+    for k in (1, 2):  # the inner keyframes
+        before = torch.tensor([[1 - eps], [1.0]], dtype=torch.float64)
+        left = _catmull_rom(points, times, torch.tensor([k - 1, k - 1]), before)
+        right = _catmull_rom(points, times, torch.tensor([k, k]), torch.tensor([[0.0], [eps]], dtype=torch.float64))
+        assert torch.allclose(left[1], points[k]) and torch.allclose(right[0], points[k])
+        left_speed = (left[1] - left[0]) / (eps * (times[k] - times[k - 1]))
+        right_speed = (right[1] - right[0]) / (eps * (times[k + 1] - times[k]))
+        assert torch.allclose(left_speed, right_speed, atol=1e-4), (left_speed, right_speed)
+    u = torch.linspace(0, 1, 5, dtype=torch.float64)[:, None]
+    segment = torch.ones(5, dtype=torch.long)
+    p0, p1, p2, p3 = points
+    uniform = 0.5 * (2 * p1 + (p2 - p0) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2
+                     + (3 * p1 - p0 - 3 * p2 + p3) * u**3)
+    assert torch.allclose(_catmull_rom(points, torch.arange(4.0, dtype=torch.float64), segment, u), uniform)
+
+
 def test_two_keyframes_straight_line_and_slerp():
     start, end = _pose([0.0, 0.0, 0.0], [0.0, 0.0, 0.0]), _pose([0.0, math.pi / 2, 0.0], [2.0, 0.0, 0.0])
     poses, focal = interpolate_keyframes(torch.stack([start, end]), torch.tensor([1.0, 2.0], dtype=torch.float64),
@@ -79,6 +102,11 @@ def test_two_keyframes_straight_line_and_slerp():
 def test_one_keyframe_is_a_fixed_view():
     poses, focal = interpolate_keyframes(KEYFRAMES[1:2], FOCAL[1:2], 6)
     assert torch.equal(poses, KEYFRAMES[1].expand(6, 4, 4)) and torch.equal(focal, FOCAL[1].expand(6))
+
+
+def test_zero_views_names_num_views():
+    with pytest.raises(ValueError, match="num_views must be at least 1"):
+        keyframe_views(2, 0)
 
 
 def test_fewer_views_than_keyframes_is_refused():
@@ -114,7 +142,9 @@ def test_no_keyframes():
     ("{not json", "not JSON"),
     ("[1, 2]", "object with a 'keyframes' list"),
     ('{"keyframes": [{"fov_y_degrees": 40}]}', "keyframe 0 is not an object with a 'cam2world'"),
-    ('{"keyframes": [{"cam2world": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}]}', r"4 rows of 4 finite numbers.*\(3, 3\)"),
+    ('{"keyframes": [{"cam2world": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}]}', r"4 rows of 4 numbers.*\(3, 3\)"),
+    ('{"keyframes": [{"cam2world": [[NaN, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]}',
+     "keyframe 0's cam2world holds NaN or infinite numbers"),
     ('{"keyframes": [{"cam2world": [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]}',
      "not a rigid camera pose"),
     ('{"keyframes": [{"cam2world": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], "fov_y_degrees": 0}]}',

@@ -17,12 +17,13 @@ const KEYFRAMES_WIDGET = "camera_keyframes";
 const CONVENTION = "opencv-cam2world";
 const FLIP = [1, -1, -1, 1];  // F = diag(1, -1, -1, 1): OpenCV <-> three axes
 
+// The stored keyframes: [] for an empty widget, null for text that is not a keyframe list (hand-edited).
 function readKeyframes(text) {
   if (!text || !text.trim()) return [];
   try {
     const list = JSON.parse(text).keyframes;
-    return Array.isArray(list) ? list : [];
-  } catch { return []; }
+    return Array.isArray(list) ? list : null;
+  } catch { return null; }
 }
 
 function keyframesText(list) {
@@ -182,8 +183,9 @@ class PointViewer {
     return { cam2world, fov_y_degrees: this.camera.fov, aspect: this.camera.aspect, frame: this.index };
   }
 
-  setViewCount(count) {
-    this.viewsLabel.textContent = `${count} view${count === 1 ? "" : "s"}`;
+  setViewCount(count) {  // null: the stored text is unreadable, and 'clear views' is the way out
+    this.viewsLabel.textContent = count === null ? "views unreadable: clear views"
+      : `${count} view${count === 1 ? "" : "s"}`;
     this.clearViews.disabled = count === 0;
   }
 
@@ -253,7 +255,7 @@ app.registerExtension({
           viewer.setViewCount(list.length);
           this.setDirtyCanvas?.(true, true);
         };
-        viewer.onAddView = (keyframe) => store([...readKeyframes(keyframes.value), keyframe]);
+        viewer.onAddView = (keyframe) => store([...(readKeyframes(keyframes.value) ?? []), keyframe]);
         viewer.onClearViews = () => store([]);
         this.fourdnexKeyframes = keyframes;
       }
@@ -274,7 +276,7 @@ app.registerExtension({
     nodeType.prototype.onConfigure = function () {  // a loaded workflow: count its stored keyframes
       const result = onConfigure?.apply(this, arguments);
       if (this.fourdnexKeyframes && this.fourdnexViewer) {
-        this.fourdnexViewer.setViewCount(readKeyframes(this.fourdnexKeyframes.value).length);
+        this.fourdnexViewer.setViewCount(readKeyframes(this.fourdnexKeyframes.value)?.length ?? null);
       }
       return result;
     };

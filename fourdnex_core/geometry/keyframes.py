@@ -79,9 +79,10 @@ def _keyframe(index: int, entry: object) -> tuple[torch.Tensor, float]:
         fov = float(entry.get("fov_y_degrees", 50.0))
     except (TypeError, ValueError) as error:
         raise _error(f"keyframe {index} has a cam2world or fov_y_degrees that is not numbers ({error})") from None
-    if matrix.shape != (4, 4) or not torch.isfinite(matrix).all():
-        raise _error(f"keyframe {index}'s cam2world must be 4 rows of 4 finite numbers, got shape "
-                     f"{tuple(matrix.shape)}")
+    if matrix.shape != (4, 4):
+        raise _error(f"keyframe {index}'s cam2world must be 4 rows of 4 numbers, got shape {tuple(matrix.shape)}")
+    if not torch.isfinite(matrix).all():
+        raise _error(f"keyframe {index}'s cam2world holds NaN or infinite numbers")
     if _rotation_error(matrix) > 1e-3 or float(torch.det(matrix[:3, :3])) <= 0 or \
             not torch.allclose(matrix[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)):
         raise _error(f"keyframe {index}'s cam2world is not a rigid camera pose (rotation + translation, "

@@ -32,9 +32,9 @@ def _check_pose(name: str, pose: torch.Tensor) -> None:
         raise ValueError(f"{name} must be one [4, 4] cam2world matrix, got {tuple(pose.shape)}.")
 
 
-def _check_count(num_frames: int) -> None:
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1, got {num_frames}.")
+def _check_count(count: int, name: str = "num_frames") -> None:
+    if count < 1:
+        raise ValueError(f"{name} must be at least 1 (the number of camera poses to make), got {count}.")
 
 
 def point_ahead(cam2world: torch.Tensor, distance: float) -> torch.Tensor:
@@ -160,7 +160,7 @@ def preview_cameras(scene: Scene, focal_factor: float = 1.2) -> tuple[torch.Tens
 def keyframe_views(num_keyframes: int, num_views: int) -> torch.Tensor:
     """The view index [K] at which each of ``num_keyframes`` keyframes is hit exactly: spread evenly
     from the first view to the last (one keyframe: view 0)."""
-    _check_count(num_views)
+    _check_count(num_views, "num_views")
     if num_keyframes > num_views:
         raise ValueError(f"A path through {num_keyframes} keyframes needs at least as many views, got num_views="
                          f"{num_views}; raise num_views or clear some views.")
@@ -175,8 +175,9 @@ def interpolate_keyframes(cams2world: torch.Tensor, focal: torch.Tensor,
 
     cams2world: [K, 4, 4] keyframe poses; focal: [K] any per-keyframe focal measure. Keyframe k is
     view :func:`keyframe_views` [k] exactly. Between two keyframes the rotation is slerped (the
-    geodesic, at constant angular speed), the position follows a uniform Catmull-Rom spline through
-    all keyframe positions (continuous velocity at keyframes; two keyframes: a straight line at
+    geodesic, at constant angular speed), the position follows a Catmull-Rom spline through all
+    keyframe positions, parametrised by view index (keyframes a different number of views apart still
+    give a velocity per view that is continuous at each keyframe; two keyframes: a straight line at
     constant speed) and the focal is linear. One keyframe gives ``num_views`` copies of it.
     """
     if cams2world.ndim != 3 or cams2world.shape[1:] != (4, 4) or cams2world.shape[0] < 1:
@@ -192,10 +193,21 @@ def interpolate_keyframes(cams2world: torch.Tensor, focal: torch.Tensor,
     rotations, positions = cams2world[:, :3, :3], cams2world[:, :3, 3]
     relative = rotation_matrix_to_axis_angle(rotations[:-1].transpose(1, 2) @ rotations[1:])  # [K-1, 3]
     steps = axis_angle_to_rotation_matrix(u * relative[segment])
-    padded = torch.cat([2 * positions[:1] - positions[1:2], positions, 2 * positions[-1:] - positions[-2:-1]])
-    p0, p1, p2, p3 = (padded[segment + shift] for shift in range(4))
     poses = torch.eye(4, dtype=cams2world.dtype).repeat(num_views, 1, 1)
     poses[:, :3, :3] = rotations[segment] @ steps
-    poses[:, :3, 3] = 0.5 * (2 * p1 + (p2 - p0) * u + (2 * p0 - 5 * p1 + 4 * p2 - p3) * u**2
-                             + (3 * p1 - p0 - 3 * p2 + p3) * u**3)
+    poses[:, :3, 3] = _catmull_rom(positions, keys.to(cams2world.dtype), segment, u)
     return poses, torch.lerp(focal[segment], focal[segment + 1], u[:, 0].to(focal.dtype))
+
+
+def _catmull_rom(points: torch.Tensor, times: torch.Tensor, segment: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Cubic Hermite through ``points`` [K, 3] at ``times`` [K] (increasing), with Catmull-Rom tangents
+    in units per time step, (p[k+1] - p[k-1]) / (t[k+1] - t[k-1]), the ends reflected (a straight start
+    and end). Evaluated in ``segment`` [N] at ``u`` [N, 1] in [0, 1]: [N, 3]. Equal spacing gives the
+    uniform Catmull-Rom spline."""
+    padded_points = torch.cat([2 * points[:1] - points[1:2], points, 2 * points[-1:] - points[-2:-1]])
+    padded_times = torch.cat([2 * times[:1] - times[1:2], times, 2 * times[-1:] - times[-2:-1]])
+    tangents = (padded_points[2:] - padded_points[:-2]) / (padded_times[2:] - padded_times[:-2])[:, None]  # [K, 3]
+    span = (times[segment + 1] - times[segment])[:, None]  # [N, 1]
+    h00, h10, h01, h11 = 2 * u**3 - 3 * u**2 + 1, u**3 - 2 * u**2 + u, -2 * u**3 + 3 * u**2, u**3 - u**2
+    return (h00 * points[segment] + h10 * span * tangents[segment] + h01 * points[segment + 1]
+            + h11 * span * tangents[segment + 1])

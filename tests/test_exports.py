@@ -265,7 +265,8 @@ def nerfstudio_pixel(data: dict, frame: dict, point: np.ndarray) -> np.ndarray:
     world2cam = np.linalg.inv(np.array(frame["transform_matrix"]))
     x, y, z = world2cam[:3, :3] @ point + world2cam[:3, 3]
     depth = -z  # in front of an OpenGL camera, z < 0
-    fl_x, fl_y, cx, cy = (frame.get(key, data[key]) for key in ("fl_x", "fl_y", "cx", "cy"))
+    # nerfstudio_dataparser: a key at the top level is fixed for every frame; a frame's own only without it
+    fl_x, fl_y, cx, cy = (data[key] if key in data else frame[key] for key in ("fl_x", "fl_y", "cx", "cy"))
     return np.array([fl_x * x / depth + cx, fl_y * -y / depth + cy])
 
 

@@ -17,8 +17,9 @@ When the frames have their own intrinsics (a zoom), each frame also holds its ``
 ``nerfstudio_dataparser``): ``fl_x, fl_y, cx, cy, w, h``, ``camera_model`` "OPENCV" (distortion
 ``k1 k2 p1 p2`` all 0), and per frame ``file_path``, ``transform_matrix`` (camera to world, 4 x 4)
 and ``time`` (frame index / (F - 1), in [0, 1], as D-NeRF-style dynamic datasets store it;
-0 for one frame); per-frame intrinsics as Nerfstudio's per-frame ``fl_x, fl_y, cx, cy`` when the
-frames have their own; ``ply_file_path`` names the initial points (a PLY in the scene's world
+0 for one frame); when the frames have their own intrinsics, each frame holds its ``fl_x, fl_y, cx,
+cy`` and the top level none of them (Nerfstudio's parser takes a top-level value for every frame and
+reads a frame's own only where the top level lacks that key); ``ply_file_path`` names the initial points (a PLY in the scene's world
 frame, which is also the poses' world frame). Nerfstudio's camera axes are OpenGL's (x right,
 y up, looking down -z), so ``transform_matrix = cam2world @ diag(1, -1, -1, 1)``: the camera's
 y and z columns are negated; the world axes are left as they are (Nerfstudio re-orients and
@@ -38,6 +39,7 @@ import numpy as np
 
 from fourdnex_core.atomic_write import atomic_path
 
+INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy")  # transforms.json's pinhole intrinsics
 OPENGL_FROM_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 PIXEL_CENTER = 0.5  # where COLMAP, Nerfstudio and Rerun put the centre of pixel 0 (the scene: at 0)
 
@@ -165,10 +167,12 @@ def write_transforms_json(path: str | Path, cameras: CameraSet, file_paths: Sequ
                     "time": index / last}
                    for index, (file_path, pose) in enumerate(zip(file_paths, cameras.cams2world, strict=True))],
     }
-    if cameras.per_frame:  # Nerfstudio reads per-frame intrinsics from these keys
+    if cameras.per_frame:  # Nerfstudio reads a frame's own only where the top level has none of that key
+        for key in INTRINSIC_KEYS:
+            del document[key]
         for index, frame in enumerate(document["frames"]):
             own = corner_origin_K(cameras.frame_K(index))
-            frame.update({"fl_x": own[0, 0], "fl_y": own[1, 1], "cx": own[0, 2], "cy": own[1, 2]})
+            frame.update(zip(INTRINSIC_KEYS, (own[0, 0], own[1, 1], own[0, 2], own[1, 2]), strict=True))
     if ply_file_path is not None:
         document["ply_file_path"] = ply_file_path
     return _write_json(path, document)
@@ -190,9 +194,10 @@ def read_transforms_json(path: str | Path) -> tuple[CameraSet, list[str]]:
         def matrix(entry: dict) -> list:
             return [[entry["fl_x"], 0.0, entry["cx"]], [0.0, entry["fl_y"], entry["cy"]], [0.0, 0.0, 1.0]]
 
-        K = np.array(matrix(data))
-        if any("fl_x" in frame for frame in frames):
-            K = np.array([matrix({**data, **frame}) for frame in frames])
+        if any(key in frame for frame in frames for key in INTRINSIC_KEYS):  # as Nerfstudio: the top level wins
+            K = np.array([matrix({**frame, **data}) for frame in frames])
+        else:
+            K = np.array(matrix(data))
         K = corner_origin_K(K, -PIXEL_CENTER)
         poses = np.array([frame["transform_matrix"] for frame in frames], dtype=np.float64).reshape(-1, 4, 4)
         cameras = CameraSet(K, poses @ OPENGL_FROM_OPENCV, int(data["w"]), int(data["h"]))

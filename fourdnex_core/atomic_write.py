@@ -6,7 +6,9 @@ the destination with :func:`os.replace` only when the writer returns. An excepti
 (``KeyboardInterrupt``) or ``SystemExit`` removes the temporary file, so an interrupted write
 leaves the earlier file at the destination untouched and no half file beside it. A process
 killed outright (``kill -9``, power loss) may leave a ``.partial`` file, never a truncated
-destination.
+destination. :func:`atomic_folder` does the same for a folder of files (frames): it is filled under
+a hidden name and takes the destination's place whole, so an earlier folder's files never mix with
+the new ones and a failed export leaves no half-filled folder.
 
 >>> with atomic_path("out/run.json") as temporary:
 ...     temporary.write_text(text, encoding="utf-8")
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +54,34 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a new empty temporary folder to fill; on success it takes ``path``'s place whole.
+
+    An earlier folder at ``path`` is replaced, none of its files kept: it is renamed aside
+    (``.<name>.<random>.partial.old``), the new folder renamed onto ``path``, then the old one removed.
+    An exception (or Ctrl-C) removes the temporary folder and leaves ``path`` as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = partial_path(path)
+    temporary.mkdir()
+    try:
+        yield temporary
+        if path.exists():
+            aside = partial_path(path, ".old")
+            os.replace(path, aside)
+            os.replace(temporary, path)
+            if aside.is_dir():
+                shutil.rmtree(aside)
+            else:
+                aside.unlink()
+        else:
+            os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
 
 
 def check_output_folder(folder: str | os.PathLike[str], names: Iterable[str], *, overwrite: bool = False) -> Path:

@@ -127,3 +127,39 @@ def test_atomic_path_keeps_the_suffix_and_hides_the_temporary_file(tmp_path):
         assert not list((tmp_path / "sub").glob("[!.]*"))
         temporary.write_bytes(b"x")
     assert (tmp_path / "sub" / "rgb.mp4").read_bytes() == b"x"
+
+
+def test_atomic_folder_replaces_an_earlier_folder_whole(tmp_path):
+    folder = tmp_path / "ply"
+    folder.mkdir()
+    for name in ("frame_00000.ply", "frame_00001.ply", "frame_00002.ply"):
+        (folder / name).write_bytes(EARLIER)
+    with atomic_write.atomic_folder(folder) as staged:
+        assert staged.parent == tmp_path and staged.name.startswith(".ply.") and not list(staged.iterdir())
+        write_ply(staged / "frame_00000.ply", _cloud())
+        assert (folder / "frame_00002.ply").read_bytes() == EARLIER  # the earlier folder stays until the end
+    assert [path.name for path in folder.iterdir()] == ["frame_00000.ply"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ply"]  # nothing hidden left
+
+
+@pytest.mark.parametrize("interruption", [RuntimeError, KeyboardInterrupt])
+def test_atomic_folder_interrupted_keeps_the_earlier_folder(tmp_path, interruption):
+    folder = tmp_path / "splats"
+    folder.mkdir()
+    (folder / "frame_00000.ply").write_bytes(EARLIER)
+    with pytest.raises(interruption):
+        with atomic_write.atomic_folder(folder) as staged:
+            write_ply(staged / "frame_00000.ply", _cloud())
+            raise interruption()
+    assert [path.name for path in folder.iterdir()] == ["frame_00000.ply"]
+    assert (folder / "frame_00000.ply").read_bytes() == EARLIER
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["splats"]
+
+
+def test_point_writers_refuse_non_finite_positions_and_write_nothing(tmp_path):
+    cloud = _cloud()
+    cloud.positions[3, 0] = np.inf
+    for name, write in (("a.ply", write_ply), ("b.glb", lambda path, c: write_glb(path, [c]))):
+        with pytest.raises(ValueError, match="non-finite positions"):
+            write(tmp_path / name, cloud)
+    assert list(tmp_path.iterdir()) == []

@@ -9,6 +9,7 @@ exactly so); Rerun's poses and intrinsics (float32 in the file) to 1e-6; pixel p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from plyfile import PlyData
 
 from fourdnex_core.cli import main
 from fourdnex_core.geometry.export_cameras import read_transforms_json
+from fourdnex_core.geometry.export_scene import ExportOptions, ExportPaths, export_scene
 from fourdnex_core.geometry.export_splats import SH_C0, point_spacing, splat_properties, write_splats
 from fourdnex_core.geometry import pointcloud
 from fourdnex_core.geometry.pointcloud import PointCloud, frame_depth
@@ -263,6 +265,46 @@ def test_every_format_at_once_and_an_earlier_export_is_refused(scene_dir, tmp_pa
     assert "--overwrite" in capsys.readouterr().err
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
     assert main(["export", str(scene_dir), "--out", str(out), "--ply", "--overwrite"]) == 0
+
+
+def first_frames(scene: Scene, count: int) -> Scene:
+    """``scene`` cut to its first ``count`` frames (every per-frame array)."""
+    return dataclasses.replace(scene, **{field.name: value[:count] for field in dataclasses.fields(scene)
+                                         if isinstance(value := getattr(scene, field.name), np.ndarray)
+                                         and value.ndim and value.shape[0] == scene.num_frames})
+
+
+def test_overwrite_replaces_each_folder_of_frames_whole(scene_dir, tmp_path):
+    """A 2-frame scene exported over a 4-frame one's export: no file of the earlier export is left among
+    the new (frames 2 and 3, the text COLMAP model beside the binary one), and no hidden partial file."""
+    out = export(scene_dir, tmp_path / "out", "--ply", "--splats", "--colmap", "text")
+    shorter = tmp_path / "shorter"
+    shorter.mkdir()
+    save_scene(first_frames(load_scene(scene_dir / "scene.npz"), 2), shorter / "scene.npz")
+    export(shorter, out, "--ply", "--splats", "--colmap", "binary", "--overwrite")
+    for folder in ("ply", "splats"):
+        assert sorted(path.name for path in (out / folder).iterdir()) == ["frame_00000.ply", "frame_00001.ply"]
+    assert sorted(path.name for path in (out / "images").iterdir()) == ["frame_00000.png", "frame_00001.png"]
+    assert sorted(path.name for path in (out / "sparse" / "0").iterdir()) == \
+        ["cameras.bin", "images.bin", "points3D.bin"]
+    assert pycolmap.Reconstruction(str(out / "sparse" / "0")).num_images() == 2
+    assert not [path for path in out.rglob("*") if ".partial" in path.name]
+
+
+def test_a_failed_export_leaves_the_earlier_one_and_no_half_folder(scene_dir, tmp_path):
+    """Frame 2's cloud holds a NaN: the pass stops there; the earlier export's folders are as they were and
+    neither a half-filled folder nor a partial file is left."""
+    scene = load_scene(scene_dir / "scene.npz")
+    out = export(scene_dir, tmp_path / "out", "--ply")
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    rng = np.random.default_rng(0)
+    clouds = [PointCloud(rng.random((20, 3), dtype=np.float32), np.zeros((20, 3), np.uint8)) for _ in range(FRAMES)]
+    clouds[2].positions[5] = np.nan
+    paths = ExportPaths(ply=out / "ply", splats=out / "splats", glb=out / "points.glb")
+    with pytest.raises(ValueError, match="non-finite positions"):
+        export_scene(scene, clouds, paths, ExportOptions())
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
+    assert not (out / "splats").exists() and not (out / "points.glb").exists()
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -86,9 +86,8 @@ class GlbPointsWriter:
         """Append one frame; ``cloud`` is in OpenCV axes."""
         if self._spool.closed:
             raise RuntimeError(f"GLB writer for {self.path} is closed; open a new one to write more frames.")
+        cloud.check_finite()
         positions = opencv_to_gltf(cloud.positions)
-        if not np.isfinite(positions).all():
-            raise ValueError("PointCloud has non-finite positions; filter them (pointcloud.valid_mask) before export.")
         name = name or f"frame_{len(self._frames):05d}"
         bounds = ([], []) if len(cloud) == 0 else (positions.min(axis=0).tolist(), positions.max(axis=0).tolist())
         self._frames.append(_FrameRecord(name, len(cloud), self._bytes, *bounds))

@@ -33,6 +33,7 @@ def write_vertices(path: str | Path, vertices: np.ndarray, comment: str) -> Path
 
 def write_ply(path: str | Path, cloud: PointCloud) -> Path:
     """Write ``cloud`` (positions [N, 3], colours [N, 3] uint8) as a binary little-endian PLY at ``path``."""
+    cloud.check_finite()
     vertices = np.empty(len(cloud), dtype=VERTEX_DTYPE)
     for axis, name in enumerate(("x", "y", "z")):
         vertices[name] = cloud.positions[:, axis]

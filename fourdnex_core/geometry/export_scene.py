@@ -3,9 +3,12 @@ node of ``nodes/`` both call.
 
 Each frame's point cloud is built once and handed to every per-frame format (PLY, GLB, splats,
 Rerun; the COLMAP model keeps the clouds of its frames); the camera formats follow. Where each
-format goes is an :class:`ExportPaths` (None leaves a format out); every file is written
-atomically by its writer. A camera dataset folder holds ``images/`` (the RGB frames), Nerfstudio's
-``transforms.json`` and COLMAP's ``sparse/0/``, the layout ``ns-train`` and ``colmap`` expect.
+format goes is an :class:`ExportPaths` (None leaves a format out). Every file is written
+atomically by its writer, and every folder of frames (PLY, splats, images, the COLMAP model) is
+filled under a hidden name and put in place whole when its part has ended: an earlier folder is
+replaced whole, a failed export leaves none. A camera dataset folder holds ``images/`` (the RGB
+frames), Nerfstudio's ``transforms.json`` and COLMAP's ``sparse/0/``, the layout ``ns-train`` and
+``colmap`` expect.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from fourdnex_core.atomic_write import atomic_folder
 from fourdnex_core.geometry import export_rerun, export_splats
 from fourdnex_core.geometry.export_cameras import CameraSet, write_cameras_json, write_transforms_json
 from fourdnex_core.geometry.export_colmap import colmap_points, point_frames, write_colmap
@@ -100,18 +104,20 @@ def export_scene(scene: Scene, clouds: Sequence[PointCloud], paths: ExportPaths,
     colmap_frames = point_frames(scene.num_frames, options.colmap_stride) if paths.colmap else []
     kept: dict[int, PointCloud] = {}
     written: list[Path] = []
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:  # each file and folder appears whole, when the pass has ended
         glb = stack.enter_context(GlbPointsWriter(paths.glb, options.fps)) if paths.glb else None
         rerun = stack.enter_context(export_rerun.RerunWriter(paths.rerun, cameras)) if paths.rerun else None
+        ply = stack.enter_context(atomic_folder(paths.ply)) if paths.ply is not None else None
+        splats = stack.enter_context(atomic_folder(paths.splats)) if paths.splats is not None else None
         if paths.per_frame:
             for index in frames(range(scene.num_frames)):
                 cloud = clouds[index]
-                if paths.ply is not None:
-                    write_ply(paths.ply / f"frame_{index:05d}.ply", cloud)
+                if ply is not None:
+                    write_ply(ply / f"frame_{index:05d}.ply", cloud)
                 if glb is not None:
                     glb.add_frame(cloud)
-                if paths.splats is not None:
-                    export_splats.write_splats(paths.splats / f"frame_{index:05d}.ply", cloud,
+                if splats is not None:
+                    export_splats.write_splats(splats / f"frame_{index:05d}.ply", cloud,
                                                sh_degree=options.splat_sh_degree)
                 if rerun is not None:
                     rerun.add_frame(index, cloud, scene.rgb[index], frame_depth(scene, index))
@@ -121,15 +127,16 @@ def export_scene(scene: Scene, clouds: Sequence[PointCloud], paths: ExportPaths,
     if paths.cameras_json is not None:
         written.append(write_cameras_json(paths.cameras_json, cameras))
     if paths.nerfstudio or paths.colmap:
-        images = write_frames(paths.dataset / IMAGES, scene.rgb)
-        written.append(paths.dataset / IMAGES)
-        if paths.nerfstudio:
+        with contextlib.ExitStack() as stack:  # the images and the COLMAP model appear together
+            names = [path.name for path in write_frames(stack.enter_context(atomic_folder(paths.dataset / IMAGES)),
+                                                        scene.rgb)]
+            if paths.colmap:
+                points = colmap_points(kept, colmap_frames, options.colmap_max_points)
+                write_colmap(stack.enter_context(atomic_folder(paths.dataset / COLMAP_MODEL)), cameras, names,
+                             points, binary=paths.colmap == "binary")
+        written += [paths.dataset / IMAGES] + ([paths.dataset / COLMAP_MODEL] if paths.colmap else [])
+        if paths.nerfstudio:  # after the images it names are in place
             written.append(write_transforms_json(paths.dataset / "transforms.json", cameras,
-                                                 [path.relative_to(paths.dataset).as_posix() for path in images],
+                                                 [f"{IMAGES}/{name}" for name in names],
                                                  ply_file_path=options.ply_file_path))
-        if paths.colmap:
-            points = colmap_points(kept, colmap_frames, options.colmap_max_points)
-            write_colmap(paths.dataset / COLMAP_MODEL, cameras, [path.name for path in images], points,
-                         binary=paths.colmap == "binary")
-            written.append(paths.dataset / COLMAP_MODEL)
     return written

@@ -104,6 +104,5 @@ def splat_vertices(cloud: PointCloud, opacity: float = 0.95, sh_degree: int = 0)
 
 def write_splats(path: str | Path, cloud: PointCloud, opacity: float = 0.95, sh_degree: int = 0) -> Path:
     """Write ``cloud`` as a 3DGS PLY at ``path`` (layout in the module docstring), atomically."""
-    if not np.isfinite(cloud.positions).all():
-        raise ValueError("PointCloud has non-finite positions; filter them (pointcloud.valid_mask) before export.")
+    cloud.check_finite()
     return write_vertices(path, splat_vertices(cloud, opacity, sh_degree), COMMENT)

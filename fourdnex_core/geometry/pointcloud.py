@@ -67,6 +67,11 @@ class PointCloud:
     def __len__(self) -> int:
         return self.positions.shape[0]
 
+    def check_finite(self) -> None:
+        """Raise before a writer stores NaN or infinite positions (every exporter calls it)."""
+        if not np.isfinite(self.positions).all():
+            raise ValueError("PointCloud has non-finite positions; filter them (pointcloud.valid_mask) before export.")
+
     def select(self, keep: np.ndarray) -> PointCloud:
         """The points picked by ``keep`` (a boolean mask [N] or an index array)."""
         return PointCloud(self.positions[keep], self.colors[keep])

@@ -370,3 +370,10 @@ def test_save_node_refuses_camera_formats_without_cameras_before_writing(tmp_pat
     with pytest.raises(ValueError, match="no cameras"):
         save(PointClouds(Scene(raw.rgb, raw.xyz)), "4dnex/raw", True, True, True, True, 24.0, save_colmap="binary")
     assert not list((tmp_path / "output").rglob("*.*"))
+
+
+def test_duplicate_points_get_the_original_floor_scale():
+    """graphdeco-inria's create_from_pcd clamps the mean squared neighbour distance at 1e-7: five points at
+    one place get log scale log(sqrt(1e-7)) = -8.06 as there (the distance clamped at 1e-7 gave -16.1)."""
+    spacing = point_spacing(np.zeros((5, 3)))
+    np.testing.assert_allclose(np.log(spacing), np.log(np.sqrt(1e-7)))

@@ -14,7 +14,8 @@ with the values stored as the format expects them *before* activation:
 * ``opacity``: the logit of the opacity (a viewer applies a sigmoid);
 * ``scale_*``: the natural log of the Gaussian's standard deviation along each axis (a viewer
   applies exp); isotropic here: ``sqrt(mean squared distance to the 3 nearest other points)``,
-  the rule the original implementation uses to initialise splats from a point cloud;
+  the rule the original implementation uses to initialise splats from a point cloud (its floor too:
+  a mean squared distance of at least 1e-7, for duplicate points);
 * ``rot_*``: a unit quaternion, w first (identity here: isotropic splats need no rotation);
 * ``nx ny nz``: zeros (the original writes them, nothing reads them).
 
@@ -47,7 +48,7 @@ SH_C0 = 0.28209479177387814
 SH_DEGREES = (0, 3)
 NEIGHBORS = 3
 SINGLE_POINT_SCALE = 1e-3
-MIN_SPACING = 1e-7
+MIN_SPACING = 1e-7 ** 0.5  # the original clamps the mean squared distance at 1e-7 (log scale >= -8.06)
 COMMENT = "fourdnex_core Gaussian splats (3DGS layout), OpenCV axes (x right, y down, z forward)"
 
 

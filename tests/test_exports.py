@@ -323,3 +323,19 @@ def test_a_missing_optional_package_is_refused_before_any_file(tmp_path, monkeyp
     with pytest.raises(ModuleNotFoundError, match=rf"{re.escape(install)} .*leave that export off"):
         check_export(paths, ExportOptions(), cameras=None, num_frames=3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rerun_sdk_of_another_minor_version_is_refused_before_any_file(tmp_path, monkeypatch):
+    """The recording API changes between Rerun's minor versions: another one is named with the fix."""
+    import importlib.metadata
+
+    from fourdnex_core.geometry.export_scene import ExportOptions, ExportPaths, check_export
+
+    pytest.importorskip("rerun", reason="the rerun extra is not installed")
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.22.1" if name == "rerun-sdk" else real_version(name))
+    with pytest.raises(ImportError, match=r"0\.41\.x .*found rerun-sdk 0\.22\.1.*pip install rerun-sdk==0\.41\.0"):
+        check_export(ExportPaths(rerun=tmp_path / "points.rrd"), ExportOptions(), cameras=None, num_frames=2)
+    assert list(tmp_path.iterdir()) == []
+

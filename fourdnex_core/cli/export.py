@@ -126,7 +126,7 @@ def chosen_formats(args: argparse.Namespace, has_cameras: bool) -> dict[str, boo
 def _installed(check) -> bool:
     try:
         check()
-    except ModuleNotFoundError as error:
+    except ImportError as error:  # missing, or of another version
         logger.info("%s (left out of --all)", error)
         return False
     return True

@@ -36,8 +36,9 @@ TIMELINE = "frame"
 
 
 def check_available() -> None:
-    """Raise a clear error, before any work, when the Rerun SDK is missing."""
-    require("rerun", "Rerun export needs the Rerun SDK", "rerun-sdk==0.41.0", "rerun")
+    """Raise a clear error, before any work, when the Rerun SDK is missing or not 0.41.x."""
+    require("rerun", "Rerun export needs the Rerun SDK", "rerun-sdk==0.41.0", "rerun",
+            minor_version=("rerun-sdk", (0, 41)))
 
 
 class RerunWriter:

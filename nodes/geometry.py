@@ -210,8 +210,8 @@ class FourDNeXSave:
                 "save_glb": ("BOOLEAN", {"default": True, "tooltip": "One GLB, a POINTS node per frame, animated."}),
                 "save_cameras": ("BOOLEAN", {"default": True, "tooltip": "cameras.json (OpenCV), when the scene "
                                                                          "has cameras."}),
-                "fps": ("FLOAT", {"default": 24.0, "min": 1.0, "max": 120.0, "step": 1.0,
-                                  "tooltip": "GLB animation rate."}),
+                "fps": ("FLOAT", {"default": 24.0, "min": 0.0, "max": 120.0, "step": 1.0,
+                                  "tooltip": "GLB animation rate; 0: no animation, every frame shown at once."}),
                 "save_colmap": (list(SAVE_COLMAP), {
                     "default": "off", "tooltip": "A COLMAP sparse model (sparse/0, binary or text) and the RGB frames "
                                                  "(images/) in the <name>dataset folder: colmap gui, 3DGS trainers. "
@@ -226,6 +226,10 @@ class FourDNeXSave:
                                                                          "layout: SuperSplat, splat viewers)."}),
                 "save_rerun": ("BOOLEAN", {"default": False, "tooltip": "A Rerun recording (.rrd): points, cameras, "
                                                                         "RGB and depth per frame (needs rerun-sdk)."}),
+                "splat_sh_degree": ("INT", {"default": 0, "min": 0, "max": 3, "step": 3,
+                                            "tooltip": "Spherical-harmonic degree of the splat PLYs: 0 (colour only; "
+                                                       "SuperSplat and most viewers) or 3 (45 f_rest_* zeros, what "
+                                                       "the original 3DGS code loads at its default)."}),
             },
         }
 
@@ -239,7 +243,8 @@ class FourDNeXSave:
                    "Returns the scene file's path relative to the output folder.")
 
     def save(self, point_clouds, filename_prefix, save_scene, save_ply, save_glb, save_cameras, fps,
-             save_colmap="off", colmap_frame_stride=0, save_nerfstudio=False, save_splats=False, save_rerun=False):
+             save_colmap="off", colmap_frame_stride=0, save_nerfstudio=False, save_splats=False, save_rerun=False,
+             splat_sh_degree=0):
         if save_colmap not in SAVE_COLMAP:
             raise ValueError(f"save_colmap must be one of {list(SAVE_COLMAP)}, got {save_colmap!r}.")
         root = comfy.output_directory()
@@ -254,7 +259,8 @@ class FourDNeXSave:
                             cameras_json=folder / f"{stem}cameras.json" if save_cameras and cameras else None,
                             dataset=folder / f"{stem}dataset", nerfstudio=save_nerfstudio,
                             colmap=SAVE_COLMAP[save_colmap])
-        options = ExportOptions(fps=fps, colmap_stride=colmap_frame_stride, colmap_max_points=point_clouds.max_points,
+        options = ExportOptions(fps=fps or None, colmap_stride=colmap_frame_stride,
+                                colmap_max_points=point_clouds.max_points, splat_sh_degree=splat_sh_degree,
                                 ply_file_path=f"../{stem}ply/frame_00000.ply" if save_ply else None)
         check_export(paths, options, cameras, scene.num_frames)  # before anything is written
         if save_scene:

@@ -337,7 +337,7 @@ def test_save_node_writes_every_format_under_the_output_folder_and_never_overwri
     save = nodes.NODE_CLASS_MAPPINGS["FourDNeXSave"]().save
     options = dict(filename_prefix="4dnex/all", save_scene=True, save_ply=True, save_glb=True, save_cameras=True,
                    fps=12.0, save_colmap="text", colmap_frame_stride=1, save_nerfstudio=True, save_splats=True,
-                   save_rerun=True)
+                   save_rerun=True, splat_sh_degree=3)
     result = save(clouds, **options)
     folder = tmp_path / "output" / "4dnex"
     stem = "all_00001_"
@@ -353,11 +353,28 @@ def test_save_node_writes_every_format_under_the_output_folder_and_never_overwri
     ply_file = json.loads((folder / f"{stem}dataset" / "transforms.json").read_text())["ply_file_path"]
     assert len(read_ply(folder / f"{stem}dataset" / ply_file)) == 300
     assert len(list((folder / f"{stem}splats").glob("*.ply"))) == FRAMES
+    splat_names = [p.name for p in PlyData.read(folder / f"{stem}splats" / "frame_00000.ply")["vertex"].properties]
+    assert splat_names == splat_properties(3) and "f_rest_44" in splat_names
     before = sorted(path.relative_to(folder) for path in folder.rglob("*"))
     again = save(clouds, **options)
     assert again["result"] == ("4dnex/all_00002_.npz",)
     assert sorted(path.relative_to(folder) for path in folder.rglob("*") if "all_00001_" in path.name
                   or "all_00001_" in str(path.parent)) == before
+
+
+def test_save_node_fps_0_writes_a_glb_without_animation(scene_dir, tmp_path, monkeypatch):
+    """fps 0, as `fourdnex export --fps 0`: every frame's POINTS shown at once, no animation."""
+    import nodes
+    from nodes.comfy_values import PointClouds
+    from pygltflib import GLTF2
+
+    monkeypatch.setenv("FOURDNEX_OUTPUT_DIR", str(tmp_path / "output"))
+    save = nodes.NODE_CLASS_MAPPINGS["FourDNeXSave"]().save
+    clouds = PointClouds(load_scene(scene_dir / "scene.npz"), max_points=50)
+    for fps in (0.0, 12.0):
+        result = save(clouds, f"4dnex/fps{fps:g}", False, False, True, False, fps)
+        glb = GLTF2().load(str(tmp_path / "output" / result["ui"]["text"][0]))
+        assert len(glb.animations) == (0 if fps == 0 else 1) and len(glb.meshes) == FRAMES
 
 
 def test_save_node_refuses_camera_formats_without_cameras_before_writing(tmp_path, monkeypatch):

@@ -73,7 +73,11 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
         if path.exists():
             aside = partial_path(path, ".old")
             os.replace(path, aside)
-            os.replace(temporary, path)
+            try:
+                os.replace(temporary, path)
+            except BaseException:
+                os.replace(aside, path)  # the earlier folder back in its place
+                raise
             if aside.is_dir():
                 shutil.rmtree(aside)
             else:

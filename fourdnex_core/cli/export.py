@@ -80,7 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("scene_dir", type=Path, metavar="DIR", help=f"folder holding {SCENE_FILE} (or the file)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/export)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier export's files in the output folder (default: refuse)")
+                        help="replace the earlier export's files of the formats asked for now, each file and "
+                             "folder whole; those of other formats stay (default: refuse)")
     formats = parser.add_argument_group("formats")
     formats.add_argument("--all", action="store_true", help="every format below that the scene supports")
     formats.add_argument("--ply", action="store_true", help="write ply/frame_NNNNN.ply")

@@ -19,8 +19,8 @@ When the frames have their own intrinsics (a zoom), each frame also holds its ``
 and ``time`` (frame index / (F - 1), in [0, 1], as D-NeRF-style dynamic datasets store it;
 0 for one frame); when the frames have their own intrinsics, each frame holds its ``fl_x, fl_y, cx,
 cy`` and the top level none of them (Nerfstudio's parser takes a top-level value for every frame and
-reads a frame's own only where the top level lacks that key); ``ply_file_path`` names the initial points (a PLY in the scene's world
-frame, which is also the poses' world frame). Nerfstudio's camera axes are OpenGL's (x right,
+reads a frame's own only where the top level lacks that key); ``ply_file_path`` names the initial
+points (a PLY in the scene's world frame, which is also the poses' world frame). Nerfstudio's camera axes are OpenGL's (x right,
 y up, looking down -z), so ``transform_matrix = cam2world @ diag(1, -1, -1, 1)``: the camera's
 y and z columns are negated; the world axes are left as they are (Nerfstudio re-orients and
 re-centres poses itself when it loads them). Nerfstudio, like COLMAP and Rerun, puts the centre

@@ -128,8 +128,8 @@ def export_scene(scene: Scene, clouds: Sequence[PointCloud], paths: ExportPaths,
         written.append(write_cameras_json(paths.cameras_json, cameras))
     if paths.nerfstudio or paths.colmap:
         with contextlib.ExitStack() as stack:  # the images and the COLMAP model appear together
-            names = [path.name for path in write_frames(stack.enter_context(atomic_folder(paths.dataset / IMAGES)),
-                                                        scene.rgb)]
+            images = stack.enter_context(atomic_folder(paths.dataset / IMAGES))
+            names = [path.name for path in write_frames(images, scene.rgb)]
             if paths.colmap:
                 points = colmap_points(kept, colmap_frames, options.colmap_max_points)
                 write_colmap(stack.enter_context(atomic_folder(paths.dataset / COLMAP_MODEL)), cameras, names,
